@@ -1,0 +1,35 @@
+# Two set-up commands for a fresh machine (see README):
+#   make demo   install into .venv and run the embedded demo
+#   make test   install into .venv and run the tests
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision first, pinned: pip takes these two from the machine's wheel cache.
+TORCH := torch==2.14.1 torchvision==0.29.1
+CORES ?= 2
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]" $(TORCH)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
+	@echo "demo outputs: results/  (data manifest: results/data/shapes/manifest.json)"
+
+test: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+lint: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+
+clean:
+	rm -rf results logs .snakemake

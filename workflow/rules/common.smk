@@ -1,0 +1,105 @@
+# Config validation and the few functions that build paths and per-rule options.
+import os
+from pathlib import Path, PurePosixPath
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# Scripts import the library from src/ even when the package is not installed (e.g. on a
+# cluster node with only the conda env); the venv install is used when present.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
+)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+DATASETS = config["datasets"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "(?!)",
+    chunk=r"\d{4}",
+
+
+def chunks_of(dataset):
+    """Chunk names of a dataset: 0000, 0001, ... (n_chunks from config)."""
+    return [f"{i:04d}" for i in range(DATASETS[dataset]["n_chunks"])]
+
+
+def data_dir(dataset):
+    return f"results/data/{dataset}"
+
+
+def chunk_paths(dataset, name):
+    """The per-chunk file `name` of every chunk of `dataset`."""
+    return [f"{data_dir(dataset)}/chunks/{c}/{name}" for c in chunks_of(dataset)]
+
+
+def dataset_source(wildcards):
+    """The dataset's source table; fetched from `source_url` when no local `source` is set."""
+    ds = DATASETS[wildcards.dataset]
+    if "source" in ds:
+        return ds["source"]
+    if "source_url" in ds:
+        return f"resources/sources/{wildcards.dataset}/{PurePosixPath(ds['source_url']).name}"
+    raise ValueError(f"datasets.{wildcards.dataset}: set `source` (a local table) or `source_url`")
+
+
+def table_options(wildcards):
+    ds = DATASETS[wildcards.dataset]
+    fmt = ds["format"]
+    return {
+        "format": fmt,
+        "url_column": ds.get("url_column", "Image Path" if fmt == "dreamlip" else "url"),
+        "caption_sources": ds["caption_sources"],
+        "allow_local_urls": ds["allow_local_urls"],
+    }
+
+
+def caption_sources(dataset):
+    cs = DATASETS[dataset]["caption_sources"]
+    return list(cs) if isinstance(cs, (list, dict)) else [cs]
+
+
+def section_options(section, dataset):
+    """Global config section merged with the dataset's own overrides."""
+    return {**config[section], **DATASETS[dataset].get(section, {})}
+
+
+# Keys that only set parallelism: they go to threads/resources, not params, so that changing them
+# does not rerun anything.
+RUNTIME_KEYS = {"processes", "threads"}
+
+
+def download_options(wildcards):
+    opts = section_options("download", wildcards.dataset)
+    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS}
+
+
+def image_limits(wildcards):
+    opts = section_options("filter", wildcards.dataset)
+    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS}
+
+
+def download_limits(wildcards):
+    """Size limits img2dataset applies itself: only when it resizes (otherwise the filter does)."""
+    if download_options(wildcards)["resize_mode"] == "no":
+        return {}
+    return image_limits(wildcards)
+
+
+def download_processes(wildcards):
+    return section_options("download", wildcards.dataset)["processes"]
+
+
+def download_threads_per_process(wildcards):
+    return section_options("download", wildcards.dataset)["threads"]
+
+
+def filter_processes(wildcards):
+    return section_options("filter", wildcards.dataset)["processes"]
+
+
+def source_url(wildcards):
+    return DATASETS[wildcards.dataset]["source_url"]

@@ -1,0 +1,24 @@
+"""Download one chunk with img2dataset; write download.json only when it succeeded."""
+
+from sailflow.data.download import download_chunk
+from sailflow.logs import log_to
+
+
+def main(smk):
+    log = log_to(smk.log[0])
+    summary = download_chunk(
+        smk.input[0],
+        smk.output[0],
+        dataset=smk.wildcards.dataset,
+        chunk=smk.wildcards.chunk,
+        options=smk.params.options,
+        limits=smk.params.limits,
+        processes=smk.threads,
+        threads=smk.resources.download_threads,
+        log=log,
+    )
+    print(f"downloaded {summary['downloaded']} of {summary['urls']}; failed: {summary['failed']}")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
