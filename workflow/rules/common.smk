@@ -1,18 +1,10 @@
 # Config validation and the few functions that build paths and per-rule options.
-import os
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from snakemake.utils import validate
 
 
 validate(config, schema="../schemas/config.schema.yaml")
-
-# Scripts import the library from src/ even when the package is not installed (e.g. on a
-# cluster node with only the conda env); the venv install is used when present.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
-)
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DATASETS = config["datasets"]
 
