@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -106,6 +107,37 @@ def img2dataset_args(urls_path: Path, images_dir: Path, opts: dict, limits: dict
     return args
 
 
+# img2dataset sometimes never exits after its last shard (upstream issues #74, #289, #402).
+FINISHED_GRACE_SECONDS = 60.0
+
+
+def _run_img2dataset(args_path: Path, images_dir: Path, shards: list[int], log) -> int:
+    """Run the launcher; stop it if it lingers ``FINISHED_GRACE_SECONDS`` after every shard finished."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sailflow.data.img2dataset_main", str(args_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
+    expected = [images_dir / f"{shard_stem(s)}_stats.json" for s in shards]
+    finished_at = None
+    try:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if finished_at is None and all(p.exists() for p in expected):
+                finished_at = time.monotonic()
+            if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_SECONDS:
+                print(f"[download] every shard finished but img2dataset did not exit after {FINISHED_GRACE_SECONDS:.0f} s; stopping it", file=log)
+                proc.kill()
+                proc.wait()
+                return 0
+        return proc.returncode
+    finally:
+        if proc.poll() is None:  # we are being interrupted: take the workers down with us
+            proc.kill()
+            proc.wait()
+
+
 def shard_ids(n_rows: int, per_shard: int) -> list[int]:
     return list(range(math.ceil(n_rows / per_shard)))
 
@@ -158,15 +190,10 @@ def download_chunk(
         args_path = chunk_dir / "img2dataset.args.json"
         write_json(args_path, args)
         log.flush()
-        proc = subprocess.run(
-            [sys.executable, "-m", "sailflow.data.img2dataset_main", str(args_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
-        )
-        if proc.returncode != 0:
+        returncode = _run_img2dataset(args_path, images_dir, shards, log)
+        if returncode != 0:
             raise DownloadError(
-                f"{dataset}/{chunk}: img2dataset exited with code {proc.returncode}; see the job log. "
+                f"{dataset}/{chunk}: img2dataset exited with code {returncode}; see the job log. "
                 "Finished shards are kept; rerun to resume."
             )
     summary = summarize_chunk(images_dir, shards, dataset=dataset, chunk=chunk)

@@ -5,31 +5,35 @@ the main module in every worker; launched from a Snakemake ``script:`` it hangs 
 defines ``snakemake`` is not re-run). Here the main module is this importable file.
 
 Every process that imports this module (the launcher and each spawned worker, which imports it as
-``__mp_main__``) asks the kernel to kill it when its parent dies. A killed download job therefore
-leaves no orphaned worker that keeps writing shards while a rerun resumes the same chunk.
+``__mp_main__``) exits as soon as its parent is gone. A killed download job therefore leaves no
+orphaned worker that keeps writing shards while a rerun resumes the same chunk. (A polling thread,
+not the kernel's PR_SET_PDEATHSIG: that fires when the *thread* that started a process exits, and
+multiprocessing starts replacement workers from helper threads; measured here, it killed workers
+mid-run and hung img2dataset.)
 """
 
 import os
-import signal
-import sys
+import threading
+import time
 
 
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def _exit_when_orphaned(interval: float = 0.5) -> None:
+    parent = os.getppid()
 
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
 
 
-_die_with_parent()
+_exit_when_orphaned()
 
 if __name__ == "__main__":
     import json
+    import sys
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download
