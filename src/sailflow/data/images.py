@@ -62,6 +62,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _decode_error(e: Exception) -> ImageRejected:
+    reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
+    return ImageRejected(reason, f"{type(e).__name__}: {e}")
+
+
 def decode_rgb(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
     """Fully decode ``data`` into an upright RGB image, or raise :class:`ImageRejected`.
 
@@ -71,7 +76,7 @@ def decode_rgb(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except Exception as e:  # PIL raises several types for non-images
-        raise ImageRejected("undecodable", f"{type(e).__name__}: {e}") from None
+        raise _decode_error(e) from None
     w, h = img.size
     if limits is not None and w * h > limits.max_pixels:
         raise ImageRejected("too_many_pixels", f"{w}x{h} > {limits.max_pixels} pixels")
@@ -82,8 +87,7 @@ def decode_rgb(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
     except Exception as e:
-        msg = f"{type(e).__name__}: {e}"
-        raise ImageRejected("truncated" if "truncated" in str(e).lower() else "undecodable", msg) from None
+        raise _decode_error(e) from None
     if limits is not None:
         w, h = rgb.size
         if min(w, h) < limits.min_side:
