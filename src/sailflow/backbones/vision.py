@@ -1,0 +1,96 @@
+"""Frozen vision feature extractors behind one interface.
+
+``VisionBackbone.preprocess(PIL RGB image) -> [3, H, W]`` runs in DataLoader workers and is
+exactly the backbone's own processor; ``VisionBackbone(pixel_values [B, 3, H, W])`` returns
+``[B, D]`` (pooled) or ``[B, N, D]`` (``tokens`` pooling, for LLaVA).
+
+Pooling for DINOv2 (on ``last_hidden_state``, i.e. after the final LayerNorm; register tokens,
+if any, are skipped):
+    cls         H[:, 0]                                  D = hidden
+    patch       mean of the patch tokens                 D = hidden
+    concat      [cls ; mean patch] (SAIL's default)      D = 2 * hidden
+    tokens      the patch tokens                         [N, hidden]
+    tokens_cls  each patch token after the CLS token     [N, 2 * hidden]
+CLIP vision: ``pooler_output`` (post-LN CLS, no projection). open_clip: ``encode_image`` (projected).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from sailflow.backbones.spec import BackboneError, resolve_path
+
+DINOV2_POOLINGS = ("cls", "patch", "concat", "tokens", "tokens_cls")
+
+
+def _hf_preprocess(processor, img):
+    return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+
+class VisionBackbone(torch.nn.Module):
+    def __init__(self, name: str, spec: dict, model: torch.nn.Module, preprocess, forward):
+        super().__init__()
+        self.name, self.spec, self.model = name, spec, model
+        self.preprocess = preprocess
+        self._forward = forward
+        self.pooling = spec.get("pooling", "pooler")
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.model, pixel_values)
+
+
+def _dinov2_forward(pooling: str, n_registers: int, model, x):
+    h = model(pixel_values=x).last_hidden_state
+    cls, patches = h[:, 0], h[:, 1 + n_registers :]
+    if pooling == "cls":
+        return cls
+    if pooling == "patch":
+        return patches.mean(dim=1)
+    if pooling == "concat":
+        return torch.cat([cls, patches.mean(dim=1)], dim=-1)
+    if pooling == "tokens":
+        return patches
+    return torch.cat([cls.unsqueeze(1).expand_as(patches), patches], dim=-1)  # tokens_cls
+
+
+def _clip_forward(model, x):
+    return model(pixel_values=x).pooler_output
+
+
+def _open_clip_forward(model, x):
+    return model.encode_image(x)
+
+
+def load_vision(name: str, spec: dict, device: str | torch.device = "cpu") -> VisionBackbone:
+    """Load the vision backbone ``name`` described by ``spec`` (a ``backbones:`` config entry)."""
+    family, path = spec["family"], resolve_path(spec["path"])
+    trust = bool(spec.get("trust_remote_code", False))
+    if family == "dinov2":
+        from transformers import AutoImageProcessor, AutoModel
+
+        pooling = spec.get("pooling", "concat")
+        if pooling not in DINOV2_POOLINGS:
+            raise BackboneError(f"backbones.{name}.pooling must be one of {DINOV2_POOLINGS}, not {pooling!r}")
+        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", trust_remote_code=trust)
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust)
+        n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
+        forward = partial(_dinov2_forward, pooling, n_reg)
+        preprocess = partial(_hf_preprocess, processor)
+    elif family == "clip":
+        from transformers import AutoImageProcessor, CLIPVisionModel
+
+        model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa")
+        preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path))
+        forward = _clip_forward
+    elif family == "open_clip":
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(path, pretrained=spec.get("pretrained"))
+        forward = _open_clip_forward
+    else:
+        raise BackboneError(f"backbones.{name}: unknown vision family {family!r}")
+    model.eval().requires_grad_(False).to(device)
+    return VisionBackbone(name, spec, model, preprocess, forward)
