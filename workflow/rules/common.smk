@@ -95,3 +95,62 @@ def filter_processes(wildcards):
 
 def source_url(wildcards):
     return DATASETS[wildcards.dataset]["source_url"]
+
+
+# ---- backbones and embeddings ---------------------------------------------------------------
+
+BACKBONES = config["backbones"]
+VISION = [n for n, b in BACKBONES.items() if b["kind"] == "vision"]
+TEXT = [n for n, b in BACKBONES.items() if b["kind"] == "text"]
+CAPTION_SOURCES = sorted({c for d in DATASETS for c in caption_sources(d)})
+
+
+wildcard_constraints:
+    vision="|".join(VISION) or "(?!)",
+    text="|".join(TEXT) or "(?!)",
+    caption_source="|".join(CAPTION_SOURCES) or "(?!)",
+    backbone="|".join(n for n, b in BACKBONES.items() if "build" in b) or "(?!)",
+
+
+def tiny_kind(wildcards):
+    return BACKBONES[wildcards.backbone]["build"]
+
+
+def backbone_spec(kind):
+    """params: the backbone's config entry (so editing it re-encodes), minus runtime-only keys."""
+
+    def spec(wildcards):
+        b = BACKBONES[getattr(wildcards, kind)]
+        return {k: v for k, v in b.items() if k != "batch_size"}
+
+    return spec
+
+
+def backbone_build_input(kind):
+    """A locally built (tiny) backbone's folder is an input; hub models are not files."""
+
+    def inputs(wildcards):
+        b = BACKBONES[getattr(wildcards, kind)]
+        return [b["path"]] if "build" in b else []
+
+    return inputs
+
+
+def encode_batch_size(kind):
+    def size(wildcards):
+        b = BACKBONES[getattr(wildcards, kind)]
+        return b.get("batch_size", config["encode"][f"{'image' if kind == 'vision' else 'text'}_batch_size"])
+
+    return size
+
+
+def image_embedding_paths(dataset, vision):
+    return [f"results/embeddings/{dataset}/image/{vision}/{c}.safetensors" for c in chunks_of(dataset)]
+
+
+def text_embedding_paths(dataset, text, sources=None):
+    return [
+        f"results/embeddings/{dataset}/text/{text}/{s}/{c}.safetensors"
+        for s in (sources or caption_sources(dataset))
+        for c in chunks_of(dataset)
+    ]

@@ -1,0 +1,123 @@
+"""Pre-encoding: run a frozen backbone over one chunk and store the embeddings.
+
+Images are read straight from the img2dataset tars (offsets in ``samples.parquet``), decoded and
+preprocessed in DataLoader worker processes while the model runs; rows are written in
+``samples.parquet`` order. Captions are sorted by length so each batch pads little, and the
+results are put back in row order.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sailflow.data.images import decode_rgb
+from sailflow.data.shards import read_sample_bytes
+from sailflow.embeddings import save_embeddings
+
+_STORE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class ChunkImages(Dataset):
+    """Item i: ``(i, preprocess(RGB image of row i of samples.parquet))``."""
+
+    def __init__(self, samples: pd.DataFrame, images_dir: str | Path, preprocess):
+        self.images_dir = Path(images_dir)
+        self.shard = samples["shard"].to_numpy()
+        self.offset = samples["offset"].to_numpy()
+        self.size = samples["size"].to_numpy()
+        self.sample_id = samples["sample_id"].to_numpy()
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __getitem__(self, i: int):
+        data = read_sample_bytes(self.images_dir, self.shard[i], self.offset[i], self.size[i])
+        try:
+            return i, self.preprocess(decode_rgb(data))
+        except Exception as e:  # the filter stage decoded this image: something changed on disk
+            raise RuntimeError(f"{self.images_dir / self.shard[i]}: sample {self.sample_id[i]} no longer decodes ({e}); rerun the data stages") from None
+
+
+def _autocast(device: torch.device, dtype: str):
+    if device.type == "cuda" and dtype in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=_STORE[dtype])
+    return nullcontext()
+
+
+def encode_images(
+    samples_path: str | Path,
+    images_dir: str | Path,
+    out_path: str | Path,
+    backbone,
+    *,
+    meta: dict,
+    batch_size: int = 256,
+    workers: int = 2,
+    store_dtype: str = "fp16",
+    device: str = "cpu",
+    log=sys.stderr,
+) -> int:
+    """Encode every image of a chunk; write ``out_path``. Returns the number of rows."""
+    samples = pd.read_parquet(samples_path, columns=["sample_id", "shard", "offset", "size"])
+    ds = ChunkImages(samples, images_dir, backbone.preprocess)
+    dev = torch.device(device)
+    loader = DataLoader(
+        ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    out = None
+    with torch.inference_mode(), _autocast(dev, store_dtype):
+        for idx, x in tqdm(loader, total=len(loader), file=log, desc=f"encode {Path(out_path).name}", mininterval=5):
+            y = backbone(x.to(dev, non_blocking=True)).to(_STORE[store_dtype]).cpu()
+            if out is None:
+                out = torch.empty((len(ds), *y.shape[1:]), dtype=_STORE[store_dtype])
+            out[idx] = y
+    if out is None:  # an empty chunk: a zero-row file with the backbone's output shape
+        from PIL import Image
+
+        probe = backbone(backbone.preprocess(Image.new("RGB", (64, 64)))[None].to(dev))
+        out = torch.empty((0, *probe.shape[1:]), dtype=_STORE[store_dtype])
+    save_embeddings(out_path, out, samples["sample_id"].to_numpy(), {**meta, "modality": "image"})
+    return len(ds)
+
+
+def encode_texts(
+    samples_path: str | Path,
+    caption_source: str,
+    out_path: str | Path,
+    backbone,
+    *,
+    meta: dict,
+    batch_size: int = 256,
+    store_dtype: str = "fp16",
+    device: str = "cpu",
+    log=sys.stderr,
+) -> int:
+    """Encode caption column ``caption_source`` of a chunk; empty captions get ``present = 0``."""
+    samples = pd.read_parquet(samples_path, columns=["sample_id", caption_source])
+    texts = samples[caption_source]
+    present = texts.notna().to_numpy()
+    texts = texts.fillna("").astype(str).tolist()
+    order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: padding stays small
+    dev = torch.device(device)
+    out = None
+    with torch.inference_mode(), _autocast(dev, store_dtype):
+        for start in tqdm(range(0, len(order), batch_size), file=log, desc=f"encode {caption_source}", mininterval=5):
+            idx = order[start : start + batch_size]
+            y = backbone.encode([texts[i] for i in idx]).to(_STORE[store_dtype]).cpu()
+            if out is None:
+                out = torch.empty((len(texts), y.shape[-1]), dtype=_STORE[store_dtype])
+            out[torch.from_numpy(idx)] = y
+    if out is None:
+        out = torch.empty((0, backbone.encode([""]).shape[-1]), dtype=_STORE[store_dtype])
+    save_embeddings(out_path, out, samples["sample_id"].to_numpy(), {**meta, "modality": "text", "caption_source": caption_source}, present=present)
+    return len(texts)

@@ -1,0 +1,89 @@
+"""Which accelerator a job uses.
+
+Snakemake counts GPUs (``resources: gpu=1``) but never sets CUDA_VISIBLE_DEVICES for local jobs.
+So a local job claims free devices itself: one lock file per device, held with ``flock`` for the
+life of the process (the kernel releases it on exit or crash, so a killed job frees its device).
+Under Slurm (or whenever CUDA_VISIBLE_DEVICES is already set) the given devices are used as they
+are. With no GPU the job runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LOCK_DIR = Path(os.environ.get("SAILFLOW_GPU_LOCK_DIR", "/tmp/sailflow-gpu-locks"))
+
+
+@dataclass
+class Claim:
+    """Devices held by this process. ``device`` is what to pass to torch (``cuda:0`` or ``cpu``)."""
+
+    ids: list[int]
+    source: str  # "lock", "environment" or "cpu"
+    _files: list = field(default_factory=list, repr=False)
+
+    @property
+    def device(self) -> str:
+        return "cuda:0" if self.ids else "cpu"
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+
+def device_count() -> int:
+    """Visible CUDA devices; ``SAILFLOW_FAKE_GPU_COUNT`` overrides it (tests of the claiming logic)."""
+    fake = os.environ.get("SAILFLOW_FAKE_GPU_COUNT")
+    if fake is not None:
+        return int(fake)
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: float = 3600.0, poll: float = 0.5) -> Claim:
+    """Claim ``n`` devices and set CUDA_VISIBLE_DEVICES to them (the process then sees cuda:0..n-1).
+
+    Waits (up to ``timeout`` s) while other jobs hold the devices: Snakemake's ``--resources gpu=N``
+    already limits how many GPU jobs run at once, so a wait here is short.
+    """
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None and given.strip() != "":
+        ids = [int(x) for x in given.split(",") if x.strip().isdigit()]
+        return Claim(ids=list(range(len(ids))), source="environment")
+    total = device_count()
+    if total == 0 or n == 0:
+        return Claim(ids=[], source="cpu")
+    if n > total:
+        raise RuntimeError(f"this job needs {n} GPUs but the machine has {total}")
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        held = []
+        for i in range(total):
+            f = open(lock_dir / f"gpu{i}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
+            held.append((i, f))
+            if len(held) == n:
+                ids = [i for i, _ in held]
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+                return Claim(ids=ids, source="lock", _files=[f for _, f in held])
+        for _, f in held:
+            f.close()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {n} free GPU(s) among {total} after {timeout:.0f} s (locks in {lock_dir})")
+        time.sleep(poll)
