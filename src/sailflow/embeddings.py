@@ -82,7 +82,7 @@ class EmbeddingFile:
 
     def rows(self, idx) -> torch.Tensor:
         """Rows ``idx`` as a torch tensor of the stored dtype."""
-        t = torch.from_numpy(np.ascontiguousarray(self.embeddings[idx]))
+        t = torch.from_numpy(np.array(self.embeddings[idx]))  # a copy: the map is read-only
         return t.view(torch.bfloat16) if self.meta.get("dtype") == "bfloat16" else t
 
 
