@@ -27,9 +27,13 @@ def test_demo_dry_run_is_fast_and_complete(workdir):
     proc = snakemake(workdir, "-n")
     elapsed = time.perf_counter() - t
     jobs = planned_jobs(proc.stdout)
+    cfg = repo_config()
+    n = cfg["datasets"]["shapes"]["n_chunks"]
+    n_sources = len(cfg["datasets"]["shapes"]["caption_sources"])
     assert jobs == {
-        "demo_shapes": 1, "normalize_urls": 1, "split_urls_shapes": 1, "download_chunk": 4,
-        "filter_chunk": 4, "cleanup_shapes": 1, "all": 1,
+        "demo_shapes": 1, "normalize_urls": 1, "split_urls_shapes": 1, "download_chunk": n,
+        "filter_chunk": n, "cleanup_shapes": 1, "build_tiny_backbone": 1, "encode_images": n,
+        "encode_texts": n * n_sources, "check_embeddings": 1, "all": 1,
     }
     assert elapsed < 10, f"dry run took {elapsed:.1f} s"
 
@@ -44,25 +48,38 @@ def test_real_datasets_plan_without_network(workdir):
 
 
 @pytest.mark.e2e
-def test_changing_a_filter_option_reruns_filter_not_download(workdir):
+def test_config_changes_rerun_only_what_depends_on_them(workdir):
     cfg = repo_config()
     cfg["demo"].update(n_train=40, n_eval=8)
     write_config(workdir, cfg)
     snakemake(workdir, "--cores", "2")
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    n = cfg["datasets"]["shapes"]["n_chunks"]
+    n_text = n * len(cfg["datasets"]["shapes"]["caption_sources"])
 
-    cfg["datasets"]["shapes"]["filter"]["min_side"] = 200  # every 96-px demo image is now too small
+    # only the text backbone changes: text encoding and what reads it, no image encoding, no data
+    cfg["backbones"]["minilm"]["max_length"] = 64
     write_config(workdir, cfg)
-    jobs = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert jobs == {"filter_chunk": 4, "cleanup_shapes": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "check_embeddings": 1, "all": 1}
 
-    cfg["datasets"]["shapes"]["filter"]["processes"] = 2  # parallelism only: nothing reruns
-    cfg["datasets"]["shapes"]["filter"]["min_side"] = 32
+    # an image filter option: filtering and everything after it, but no download
+    cfg["backbones"]["minilm"]["max_length"] = 128
+    cfg["datasets"]["shapes"]["filter"]["min_side"] = 40
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {
+        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "check_embeddings": 1, "all": 1,
+    }
+
+    # parallelism and batch sizes only: nothing reruns
+    cfg["datasets"]["shapes"]["filter"].update(min_side=32, processes=2)
     cfg["datasets"]["shapes"]["download"]["threads"] = 4
+    cfg["encode"].update(workers=1, text_batch_size=7)
+    cfg["backbones"]["tiny_dinov2"]["batch_size"] = 3
     write_config(workdir, cfg)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
+    # a download option: from the download on
     cfg["datasets"]["shapes"]["download"]["timeout"] = 3
     write_config(workdir, cfg)
     jobs = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert jobs == {"download_chunk": 4, "filter_chunk": 4, "cleanup_shapes": 1, "all": 1}
+    assert jobs["download_chunk"] == n and "demo_shapes" not in jobs and "normalize_urls" not in jobs

@@ -1,0 +1,49 @@
+"""`snakemake --profile slurm` from the repo root: the profile resolves, and GPU rules are
+submitted with the resources the profile sets (fake sbatch/sacct on PATH)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import REPO, repo_config, write_config
+
+FAKE = {
+    "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"; echo 4242',
+    "sacct": "exit 0",
+    "squeue": "exit 0",
+    "scontrol": "exit 0",
+    "sinfo": "exit 0",
+}
+
+
+def test_slurm_profile_submits_gpu_encode_job(workdir, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    write_config(workdir, repo_config())
+    (workdir / "results/data/shapes/chunks/0000").mkdir(parents=True)
+    (workdir / "results/data/shapes/chunks/0000/samples.parquet").write_bytes(b"")
+    (workdir / "results/models/tiny_dinov2").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_LOG": str(log)}
+    cmd = [sys.executable, "-m", "snakemake", "results/embeddings/shapes/image/tiny_dinov2/0000.safetensors",
+           "--profile", "slurm", "--directory", str(workdir), "--allowed-rules", "encode_images"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            if log.exists() and log.read_text().strip():
+                break
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read())
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    line = log.read_text()
+    assert "--gpus=1" in line and "-p gpu" in line and "--cpus-per-gpu=8" in line and "--mem 64000" in line
+    assert "rule_encode_images" in line
