@@ -14,6 +14,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/encode.smk"
+include: "workflow/rules/align.smk"
 
 
 rule all:

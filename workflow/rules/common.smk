@@ -154,3 +154,70 @@ def text_embedding_paths(dataset, text, sources=None):
         for s in (sources or caption_sources(dataset))
         for c in chunks_of(dataset)
     ]
+
+
+# ---- runs (alignment and later stages) --------------------------------------------------------
+
+RUNS = config["runs"]
+ALIGN_RUNTIME_KEYS = {"log_every", "checkpoint_every"}
+
+
+wildcard_constraints:
+    run="|".join(RUNS) or "(?!)",
+
+
+def _check_run(name):
+    r = RUNS[name]
+    for key, kind in (("vision", "vision"), ("text", "text")):
+        if BACKBONES.get(r[key], {}).get("kind") != kind:
+            raise ValueError(f"runs.{name}.{key}: {r[key]!r} is not a {kind} backbone under `backbones:`")
+    extras = {"extra_caption_source" in d for d in r["data"]}
+    if len(extras) > 1:
+        raise ValueError(f"runs.{name}.data: give extra_caption_source for every dataset or for none")
+    for d in r["data"]:
+        if d["dataset"] not in DATASETS:
+            raise ValueError(f"runs.{name}.data: unknown dataset {d['dataset']!r}")
+        for key in ("caption_source", "extra_caption_source"):
+            if key in d and d[key] not in caption_sources(d["dataset"]):
+                raise ValueError(f"runs.{name}.data: {d[key]!r} is not a caption source of dataset {d['dataset']!r}")
+
+
+for _run in RUNS:
+    _check_run(_run)
+
+
+def align_all_settings(run):
+    return {**config["align"], **RUNS[run].get("align", {})}
+
+
+def align_settings(wildcards):
+    """params: the settings that decide the trained head (not logging/checkpoint intervals)."""
+    return {k: v for k, v in align_all_settings(wildcards.run).items() if k not in ALIGN_RUNTIME_KEYS}
+
+
+def align_runtime(wildcards):
+    return {k: v for k, v in align_all_settings(wildcards.run).items() if k in ALIGN_RUNTIME_KEYS}
+
+
+def run_inputs(wildcards):
+    """Chunk files of every dataset of the run, in the same order for each modality."""
+    r = RUNS[wildcards.run]
+    image, text, extra, samples = [], [], [], []
+    for d in r["data"]:
+        ds = d["dataset"]
+        image += image_embedding_paths(ds, r["vision"])
+        text += text_embedding_paths(ds, r["text"], [d["caption_source"]])
+        if "extra_caption_source" in d:
+            extra += text_embedding_paths(ds, r["text"], [d["extra_caption_source"]])
+        samples += chunk_paths(ds, "samples.parquet")
+    return {"image": image, "text": text, "extra": extra, "samples": samples}
+
+
+def run_gpus(wildcards):
+    return RUNS[wildcards.run]["gpus"]
+
+
+def run_meta(wildcards):
+    r = RUNS[wildcards.run]
+    return {"run": wildcards.run, "vision": r["vision"], "text": r["text"], "data": r["data"],
+            "vision_backbone": BACKBONES[r["vision"]], "text_backbone": BACKBONES[r["text"]]}

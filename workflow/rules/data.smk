@@ -41,6 +41,8 @@ for _ds in DATASETS:
             f"{data_dir(_ds)}/urls.parquet",
         output:
             chunk_paths(_ds, "urls.parquet"),
+        params:
+            n_chunks=DATASETS[_ds]["n_chunks"],  # a new chunk count must re-split
         log:
             f"logs/data/{_ds}/split.log",
         conda:

@@ -1,0 +1,227 @@
+"""Alignment tuning: train a SAIL head on memory-mapped embeddings; resumable, multi-process.
+
+Run in-process (one CPU or GPU) or under ``torchrun`` (``python -m sailflow.align.train ARGS.json``):
+with N processes each takes its 1/N share of every global batch, the loss gathers features across
+processes, and parameter gradients are summed, so the update is that of one batch of
+``batch_size`` on one device.
+
+Every ``checkpoint_every`` steps the complete training state (head, optimizer, step, RNG) is
+written atomically to ``<out_dir>/state/``; a restarted job continues from it exactly (the batch
+order is a function of the step). The state remembers the settings fingerprint and is ignored if
+the settings changed. Non-finite losses are caught without a per-step host sync: a device-side
+flag records the first bad step and is read at every log interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from sailflow.align.heads import AlignmentHead
+from sailflow.align.loader import BatchSampler, EmbeddingPairs, prefetch
+from sailflow.align.losses import LOSSES
+from sailflow.align.optim import lr_at, make_optimizer
+from sailflow.embeddings import open_chunks
+from sailflow.io import atomic_path, read_json, write_json
+
+RUNTIME_KEYS = {"log_every", "checkpoint_every"}  # do not change the result: a resume may change them
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def settings_fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer, names: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"optim.{names[p]}.{k}"] = v.detach().cpu().contiguous()
+    return out
+
+
+def save_state(state_dir: Path, head, opt, step: int, fingerprint: str, log_lines: int, running: torch.Tensor, n_running: int) -> None:
+    """Atomically write the training state at ``step`` (rank 0 only), including the loss summed so
+    far in the current log interval, so a resumed run logs exactly what an uninterrupted one does."""
+    names = {p: n for n, p in head.named_parameters()}
+    tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tensors.update(_flatten_optimizer(opt, names))
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["log.running"] = running.detach().cpu().reshape(1)
+    meta = {"step": str(step), "fingerprint": fingerprint, "log_lines": str(log_lines), "n_running": str(n_running)}
+    with atomic_path(state_dir / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_state(state_dir: Path, head, opt, fingerprint: str, log=sys.stderr) -> tuple[int, int, float, int]:
+    """Restore the state if it exists and matches ``fingerprint``; return
+    (step, log lines to keep, running loss sum, steps in it)."""
+    path = state_dir / "state.safetensors"
+    fresh = (0, 0, 0.0, 0)
+    if not path.exists():
+        return fresh
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    if meta.get("fingerprint") != fingerprint:
+        print(f"[align] ignoring {path}: written with other settings", file=log)
+        return fresh
+    t = load_file(str(path))
+    head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
+    params = dict(head.named_parameters())
+    for key, v in t.items():
+        if key.startswith("optim."):
+            name, slot = key[6:].rsplit(".", 1)
+            opt.state[params[name]][slot] = v.to(params[name].device)
+    torch.set_rng_state(t["rng.torch"])
+    step = int(meta["step"])
+    print(f"[align] resumed from step {step} ({path})", file=log)
+    return step, int(meta["log_lines"]), float(t["log.running"][0]), int(meta["n_running"])
+
+
+def _dist_setup():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def train(args: dict, log=sys.stderr) -> dict:
+    """Train a head. ``args``: image / text / extra (lists of chunk paths, extra may be empty),
+    samples (chunk samples.parquet paths), settings (the align config), out_dir, meta (names)."""
+    s = args["settings"]
+    out_dir = Path(args["out_dir"])
+    state_dir = out_dir / "state"
+    rank, world, device = _dist_setup()
+    torch.manual_seed(int(s["seed"]))
+    labels = {"image": args["image"], "text": args["text"]}
+    if args.get("extra"):
+        labels["extra"] = args["extra"]
+    files = open_chunks(labels, samples=args.get("samples"))
+    pairs = EmbeddingPairs(files["image"], files["text"], files.get("extra"), subset=s.get("subset"), seed=int(s["seed"]))
+    sampler = BatchSampler(len(pairs), int(s["batch_size"]), int(s["seed"]), rank, world)
+    total = int(s["epochs"]) * sampler.batches_per_epoch
+    warmup = max(1, int(round(float(s["warmup"]) * total))) if float(s["warmup"]) < 1 else int(s["warmup"])
+
+    head = AlignmentHead(pairs.vision_dim, pairs.text_dim, dim=int(s["dim"]), head=s["head"], width_factor=int(s["width_factor"]),
+                         logit_scale=float(s["logit_scale"]), logit_bias=float(s["logit_bias"])).to(device)
+    opt = make_optimizer(head, s["optimizer"], float(s["lr"]), float(s["weight_decay"]), s["betas"], bool(s["decay_all"]))
+    loss_fn = LOSSES[s["loss"]]()
+    fp = settings_fingerprint({"settings": {k: v for k, v in s.items() if k not in RUNTIME_KEYS}, "image": args["image"], "text": args["text"], "extra": args.get("extra", []), "world": world})
+    step0, log_lines, running0, n_logged = load_state(state_dir, head, opt, fp, log)
+    if world > 1:  # every rank starts from rank 0's parameters
+        for p in head.parameters():
+            dist.broadcast(p.data, 0)
+
+    log_path = out_dir / "train_log.jsonl"
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        kept = log_path.read_text().splitlines()[:log_lines] if log_path.exists() else []
+        with atomic_path(log_path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    amp = PRECISIONS[s["precision"]]
+    log_every, ckpt_every = int(s["log_every"]), int(s["checkpoint_every"])
+    running = torch.full((), running0, device=device)
+    t0 = time.perf_counter()
+    if rank == 0:
+        print(f"[align] {len(pairs)} pairs, {sampler.batches_per_epoch} steps/epoch, {total} steps, warmup {warmup}, "
+              f"world {world}, device {device}, head params {sum(p.numel() for p in head.parameters()):,}", file=log)
+
+    for step, batch in prefetch(pairs, sampler, step0, total, pin=device.type == "cuda"):
+        lr = lr_at(step, float(s["lr"]), warmup, total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        img = batch.image.to(device, non_blocking=True)
+        txt = batch.text.to(device, non_blocking=True)
+        ext = batch.extra.to(device, non_blocking=True) if batch.extra is not None else None
+        mask = batch.extra_mask.to(device, non_blocking=True) if batch.extra_mask is not None else None
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            zi = head.encode_image(img)
+            zt = head.encode_text(txt)
+            ze = head.encode_text(ext) if ext is not None else None
+            out = loss_fn(zi.float(), zt.float(), head.logit_scale, head.logit_bias, ze.float() if ze is not None else None, mask)
+        loss = out["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            for p in head.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+        opt.step()
+        head.clamp_logit_scale()
+        bad = ~torch.isfinite(loss.detach())
+        first_bad = torch.where(bad & (first_bad < 0), torch.tensor(step, device=device), first_bad)
+        running += loss.detach()
+        n_logged += 1
+        last = step + 1 == total
+        if (step + 1) % log_every == 0 or last:
+            if int(first_bad) >= 0:  # the only host sync: once per log interval
+                raise NonFiniteLoss(f"non-finite loss at step {int(first_bad)} (lr {lr_at(int(first_bad), float(s['lr']), warmup, total):.3g}); "
+                                    f"last good state in {state_dir}")
+            if rank == 0:
+                rec = {"step": step + 1, "epoch": round((step + 1) / sampler.batches_per_epoch, 4), "loss": float(running) / n_logged,
+                       "lr": lr, "logit_scale": float(head.logit_scale.exp()), "logit_bias": float(head.logit_bias),
+                       "pairs_per_s": round(n_logged * int(s["batch_size"]) / (time.perf_counter() - t0), 1)}
+                for k in ("positive", "negative", "extra"):
+                    if k in out:
+                        rec[k] = float(out[k])
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                log_lines += 1
+                print(json.dumps(rec), file=log, flush=True)
+            running.zero_()
+            t0, n_logged = time.perf_counter(), 0
+        if rank == 0 and ((step + 1) % ckpt_every == 0 and not last):
+            save_state(state_dir, head, opt, step + 1, fp, log_lines, running, n_logged)
+
+    result = {"steps": total, "pairs": len(pairs)}
+    if rank == 0:
+        write_head(out_dir, head, {**args.get("meta", {}), "settings": s, "pairs": len(pairs), "steps": total, "world": world})
+    if dist.is_initialized():
+        dist.barrier()
+    return result
+
+
+def write_head(out_dir: Path, head: AlignmentHead, config: dict) -> None:
+    """``head.safetensors`` (the head's state dict) and ``config.json`` (shapes, settings, backbones)."""
+    with atomic_path(out_dir / "head.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp),
+                  metadata={"format": "sailflow-alignment-head"})
+    write_json(out_dir / "config.json", {"head": head.config, **config})
+
+
+def load_head(run_align_dir: str | Path) -> AlignmentHead:
+    cfg = read_json(Path(run_align_dir) / "config.json")["head"]
+    head = AlignmentHead(**cfg)
+    head.load_state_dict(load_file(str(Path(run_align_dir) / "head.safetensors")), strict=True)
+    return head.eval()
+
+
+if __name__ == "__main__":
+    a = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        train(a)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
