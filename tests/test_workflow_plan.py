@@ -33,7 +33,7 @@ def test_demo_dry_run_is_fast_and_complete(workdir):
     assert jobs == {
         "demo_shapes": 1, "normalize_urls": 1, "split_urls_shapes": 1, "download_chunk": n,
         "filter_chunk": n, "cleanup_shapes": 1, "build_tiny_backbone": 1, "encode_images": n,
-        "encode_texts": n * n_sources, "check_embeddings": 1, "all": 1,
+        "encode_texts": n * n_sources, "check_embeddings": 1, "align": 1, "all": 1,
     }
     assert elapsed < 10, f"dry run took {elapsed:.1f} s"
 
@@ -51,8 +51,18 @@ def test_real_datasets_plan_without_network(workdir):
 def test_config_changes_rerun_only_what_depends_on_them(workdir):
     cfg = repo_config()
     cfg["demo"].update(n_train=40, n_eval=8)
+    cfg["runs"]["demo"]["align"].update(batch_size=16, epochs=2, checkpoint_every=1)
     write_config(workdir, cfg)
     snakemake(workdir, "--cores", "2")
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+    # an alignment setting: only the alignment (and what will follow it), not encoding
+    cfg["runs"]["demo"]["align"]["lr"] = 5e-4
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"align": 1, "all": 1}
+    cfg["align"]["log_every"] = 3  # logging interval only: nothing
+    cfg["runs"]["demo"]["align"]["lr"] = 1e-3
+    write_config(workdir, cfg)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
     n = cfg["datasets"]["shapes"]["n_chunks"]
     n_text = n * len(cfg["datasets"]["shapes"]["caption_sources"])
@@ -60,14 +70,15 @@ def test_config_changes_rerun_only_what_depends_on_them(workdir):
     # only the text backbone changes: text encoding and what reads it, no image encoding, no data
     cfg["backbones"]["minilm"]["max_length"] = 64
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "check_embeddings": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "check_embeddings": 1, "align": 1, "all": 1}
 
     # an image filter option: filtering and everything after it, but no download
     cfg["backbones"]["minilm"]["max_length"] = 128
     cfg["datasets"]["shapes"]["filter"]["min_side"] = 40
     write_config(workdir, cfg)
     assert planned_jobs(snakemake(workdir, "-n").stdout) == {
-        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "check_embeddings": 1, "all": 1,
+        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "check_embeddings": 1,
+        "align": 1, "all": 1,
     }
 
     # parallelism and batch sizes only: nothing reruns

@@ -9,10 +9,12 @@ rule align:
         config="results/{run}/align/config.json",
     params:
         settings=align_settings,
-        runtime=align_runtime,
         meta=run_meta,
     resources:
         gpu=run_gpus,
+        # intervals only (not results): resources, so that changing them reruns nothing
+        log_every=align_runtime("log_every"),
+        checkpoint_every=align_runtime("checkpoint_every"),
     log:
         "logs/{run}/align.log",
     conda:

@@ -116,12 +116,16 @@ def tiny_kind(wildcards):
     return BACKBONES[wildcards.backbone]["build"]
 
 
+def backbone_entry(name):
+    """A backbone's config entry without its batch size (which does not change the embeddings)."""
+    return {k: v for k, v in BACKBONES[name].items() if k != "batch_size"}
+
+
 def backbone_spec(kind):
-    """params: the backbone's config entry (so editing it re-encodes), minus runtime-only keys."""
+    """params: the backbone's config entry, so that editing it re-encodes."""
 
     def spec(wildcards):
-        b = BACKBONES[getattr(wildcards, kind)]
-        return {k: v for k, v in b.items() if k != "batch_size"}
+        return backbone_entry(getattr(wildcards, kind))
 
     return spec
 
@@ -195,8 +199,11 @@ def align_settings(wildcards):
     return {k: v for k, v in align_all_settings(wildcards.run).items() if k not in ALIGN_RUNTIME_KEYS}
 
 
-def align_runtime(wildcards):
-    return {k: v for k, v in align_all_settings(wildcards.run).items() if k in ALIGN_RUNTIME_KEYS}
+def align_runtime(key):
+    def value(wildcards):
+        return align_all_settings(wildcards.run)[key]
+
+    return value
 
 
 def run_inputs(wildcards):
@@ -220,4 +227,4 @@ def run_gpus(wildcards):
 def run_meta(wildcards):
     r = RUNS[wildcards.run]
     return {"run": wildcards.run, "vision": r["vision"], "text": r["text"], "data": r["data"],
-            "vision_backbone": BACKBONES[r["vision"]], "text_backbone": BACKBONES[r["text"]]}
+            "vision_backbone": backbone_entry(r["vision"]), "text_backbone": backbone_entry(r["text"])}

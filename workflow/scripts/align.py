@@ -17,7 +17,8 @@ def main(smk):
     args = {
         "image": list(smk.input.image), "text": list(smk.input.text), "extra": list(smk.input.extra),
         "samples": list(smk.input.samples), "out_dir": str(out_dir),
-        "settings": {**smk.params.settings, **smk.params.runtime}, "meta": smk.params.meta,
+        "settings": {**smk.params.settings, "log_every": smk.resources.log_every, "checkpoint_every": smk.resources.checkpoint_every},
+        "meta": smk.params.meta,
     }
     gpus = int(smk.resources.gpu)
     claim = claim_devices(gpus)
