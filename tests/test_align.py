@@ -180,10 +180,12 @@ def test_loader_gathers_rows_and_partitions_batches(tmp_path):
     pairs = EmbeddingPairs(f["image"], f["text"], f["extra"])
     assert len(pairs) == 19 and 3 not in pairs.rows and 15 not in pairs.rows
     rows = np.array([20, 0, 8, 7, 14])
-    b = pairs.gather(rows)
-    flat = torch.cat([x.rows(slice(None)) for x in f["image"]]).float()
-    torch.testing.assert_close(b.image, flat[rows])
-    torch.testing.assert_close(b.extra, torch.cat([x.rows(slice(None)) for x in f["extra"]]).float()[rows])
+    b = pairs.gather(rows)  # a batch is a set: rows come back sorted, each modality the same way
+    flat = torch.cat([x.rows(slice(None)) for x in f["image"]])
+    torch.testing.assert_close(b.image, flat[np.sort(rows)])
+    torch.testing.assert_close(b.text, torch.cat([x.rows(slice(None)) for x in f["text"]])[np.sort(rows)])
+    torch.testing.assert_close(b.extra, torch.cat([x.rows(slice(None)) for x in f["extra"]])[np.sort(rows)])
+    assert b.image.dtype == torch.float16 and b.extra_mask.all()
     s = BatchSampler(len(pairs), 8, seed=3)
     assert s.batches_per_epoch == 2
     assert not np.array_equal(s.indices(0), s.indices(2))  # a new permutation each epoch

@@ -82,7 +82,10 @@ class EmbeddingFile:
 
     def rows(self, idx) -> torch.Tensor:
         """Rows ``idx`` as a torch tensor of the stored dtype."""
-        t = torch.from_numpy(np.array(self.embeddings[idx]))  # a copy: the map is read-only
+        a = self.embeddings[idx]
+        # fancy indexing already copied the rows; a slice is a view of the read-only map: copy it
+        a = a.view(np.ndarray) if isinstance(idx, np.ndarray) and idx.dtype != bool else np.array(a)
+        t = torch.from_numpy(a)
         return t.view(torch.bfloat16) if self.meta.get("dtype") == "bfloat16" else t
 
 

@@ -54,25 +54,25 @@ class EmbeddingPairs:
         return len(self.rows)
 
     def gather(self, rows: np.ndarray) -> Batch:
-        """Rows (global indices) as float32 tensors, in the order given."""
-        file_of = np.searchsorted(self.offsets, rows, side="right") - 1
-        img = torch.empty(len(rows), self.vision_dim)
-        txt = torch.empty(len(rows), self.text_dim)
-        ext = torch.empty(len(rows), self.text_dim) if self.extra is not None else None
-        mask = torch.ones(len(rows), dtype=torch.bool) if self.extra is not None else None
-        for f in np.unique(file_of):
-            pos = np.flatnonzero(file_of == f)
-            local = rows[pos] - self.offsets[f]
-            order = np.argsort(local, kind="stable")  # sorted reads are sequential on disk
-            pos, local = torch.from_numpy(pos[order]), local[order]
-            img[pos] = self.image[f].rows(local).float()
-            txt[pos] = self.text[f].rows(local).float()
-            if ext is not None:
+        """Rows (global indices) as tensors of the stored dtype (cast on the training device).
+
+        The rows come back sorted: a batch is a set, and sorted rows make one sequential
+        fancy-indexing read per chunk file, concatenated without any per-sample work."""
+        rows = np.sort(rows)
+        bounds = np.searchsorted(rows, self.offsets)
+        img, txt, ext, mask = [], [], [], []
+        for f in np.flatnonzero(bounds[1:] > bounds[:-1]):
+            local = rows[bounds[f] : bounds[f + 1]] - self.offsets[f]
+            img.append(self.image[f].rows(local))
+            txt.append(self.text[f].rows(local))
+            if self.extra is not None:
                 e = self.extra[f]
-                ext[pos] = e.rows(local).float()
-                if e.present is not None:
-                    mask[pos] = torch.from_numpy(np.asarray(e.present)[local] > 0)
-        return Batch(img, txt, ext, mask)
+                ext.append(e.rows(local))
+                present = np.asarray(e.present)[local] > 0 if e.present is not None else np.ones(len(local), bool)
+                mask.append(torch.from_numpy(present))
+        if self.extra is None:
+            return Batch(torch.cat(img), torch.cat(txt), None, None)
+        return Batch(torch.cat(img), torch.cat(txt), torch.cat(ext), torch.cat(mask))
 
 
 class BatchSampler:

@@ -1,0 +1,134 @@
+"""Alignment data loading: our memory-mapped batch loader against SAIL's scheme, same shards.
+
+SAIL's scheme, re-created: every chunk loaded into a Python list of per-row tensors (image, text,
+extra), a per-item Dataset, a shuffling DataLoader (workers 0, as its scripts) and a pad_sequence
+collate. Ours: EmbeddingPairs + BatchSampler (one fancy-indexing read per chunk per batch).
+Each side runs in its own process at each dataset size, so peak RSS is its own. Prints one JSON
+line: pairs/s and peak RSS per size, and the throughput ratio (goal >= 20x; RSS flat in N for ours).
+
+    python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DV, DT, CHUNKS = 512, 768, 8
+
+
+def make(d: Path, n: int) -> None:
+    from sailflow.embeddings import save_embeddings
+
+    rng = np.random.default_rng(0)
+    bounds = np.linspace(0, n, CHUNKS + 1).astype(int)
+    for c in range(CHUNKS):
+        ids = np.arange(bounds[c], bounds[c + 1])
+        for label, dim in (("image", DV), ("text", DT), ("extra", DT)):
+            x = torch.from_numpy(rng.standard_normal((len(ids), dim), dtype=np.float32).astype(np.float16))
+            save_embeddings(d / f"{label}_{c:04d}.safetensors", x, ids, {"chunk": f"{c:04d}"})
+
+
+def run_ours(d: Path, batch: int, steps: int) -> float:
+    from sailflow.align.loader import BatchSampler, EmbeddingPairs
+    from sailflow.embeddings import open_embeddings
+
+    f = {k: [open_embeddings(p) for p in sorted(d.glob(f"{k}_*.safetensors"))] for k in ("image", "text", "extra")}
+    pairs = EmbeddingPairs(f["image"], f["text"], f["extra"])
+    sampler = BatchSampler(len(pairs), batch, seed=0)
+    t = time.perf_counter()
+    for step in range(steps):
+        b = pairs.gather(pairs.rows[sampler.indices(step)])
+        assert b.image.shape == (batch, DV)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def run_sail(d: Path, batch: int, steps: int) -> float:
+    from safetensors.torch import load_file
+    from torch.nn.utils.rnn import pad_sequence
+
+    def load_vectors(label):
+        vectors = []
+        for p in sorted(d.glob(f"{label}_*.safetensors")):
+            vectors.extend(load_file(str(p))["embeddings"].to(torch.float16))  # a list of row views, as SAIL
+        return vectors
+
+    text, image, extra = load_vectors("text"), load_vectors("image"), load_vectors("extra")
+
+    class VLEmbeddingDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(text)
+
+        def __getitem__(self, i):
+            return text[i], image[i % len(image)], extra[i]
+
+    def collate(batch):
+        t, i, e = zip(*batch)
+        return pad_sequence(t, batch_first=True), pad_sequence(i, batch_first=True), pad_sequence(e, batch_first=True)
+
+    loader = torch.utils.data.DataLoader(VLEmbeddingDataset(), batch_size=batch, shuffle=True, num_workers=0,
+                                         collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(0))
+    t, done = time.perf_counter(), 0
+    while done < steps:  # several epochs if the set is small
+        for tx, im, ex in loader:
+            assert im.shape == (batch, DV)
+            done += 1
+            if done == steps:
+                break
+    return steps * batch / (time.perf_counter() - t)
+
+
+def _anon_rss_mb() -> float:
+    """Resident anonymous memory (heap): what a process really holds, without mapped file pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(kind: str, d: str, batch: int, steps: int) -> None:
+    rate = (run_ours if kind == "ours" else run_sail)(Path(d), batch, steps)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"pairs_per_s": rate, "peak_rss_mb": rss_mb, "anon_rss_mb": _anon_rss_mb()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[25000, 50000, 100000])
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--child", nargs=2)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child[0], a.child[1], a.batch, a.steps)
+    rows = []
+    for n in a.sizes:
+        with tempfile.TemporaryDirectory() as d:
+            make(Path(d), n)
+            r = {"pairs": n}
+            for kind in ("ours", "sail"):
+                out = subprocess.run([sys.executable, __file__, "--child", kind, d, "--batch", str(a.batch), "--steps", str(a.steps)],
+                                     check=True, capture_output=True, text=True).stdout
+                res = json.loads(out.strip().splitlines()[-1])
+                r[f"{kind}_pairs_per_s"] = round(res["pairs_per_s"])
+                r[f"{kind}_peak_rss_mb"] = round(res["peak_rss_mb"])  # includes mapped file pages
+                r[f"{kind}_anon_rss_mb"] = round(res["anon_rss_mb"])
+            r["throughput_ratio"] = round(r["ours_pairs_per_s"] / r["sail_pairs_per_s"], 1)
+            rows.append(r)
+    print(json.dumps({"benchmark": "align_loader", "dims": [DV, DT], "batch": a.batch, "sizes": rows,
+                      "min_throughput_ratio": min(r["throughput_ratio"] for r in rows),
+                      "ours_anon_rss_growth_mb": rows[-1]["ours_anon_rss_mb"] - rows[0]["ours_anon_rss_mb"],
+                      "sail_anon_rss_growth_mb": rows[-1]["sail_anon_rss_mb"] - rows[0]["sail_anon_rss_mb"]}))
+
+
+if __name__ == "__main__":
+    main()
