@@ -263,3 +263,27 @@ def test_non_finite_loss_is_reported_with_its_step(tmp_path):
                               logit_bias=-10.0, precision="fp32", seed=0, log_every=3, checkpoint_every=100, subset=None))
     with pytest.raises(NonFiniteLoss, match="non-finite loss at step 0"):
         train(args, log=open(os.devnull, "w"))
+
+
+def test_training_learns_a_linear_relation_scored_on_held_out_pairs(tmp_path):
+    """Texts are a fixed linear map of images plus noise: a linear head must retrieve held-out pairs."""
+    from sailflow.align.train import load_head, train
+
+    rng = np.random.default_rng(0)
+    n, dv, dt = 1200, 16, 12
+    img = rng.standard_normal((n, dv)).astype(np.float32)
+    txt = img @ rng.standard_normal((dv, dt)).astype(np.float32) + 0.05 * rng.standard_normal((n, dt)).astype(np.float32)
+    ids = np.arange(n)
+    save_embeddings(tmp_path / "i.safetensors", torch.from_numpy(img), ids, {})
+    save_embeddings(tmp_path / "t.safetensors", torch.from_numpy(txt), ids, {}, present=np.ones(n, np.uint8))
+    settings = dict(head="linear", dim=16, width_factor=1, loss="siglip", optimizer="lion", lr=3e-3, weight_decay=0.0,
+                    betas=[0.9, 0.99], decay_all=False, batch_size=128, epochs=30, warmup=0.05, logit_scale=10.0,
+                    logit_bias=-10.0, precision="fp32", seed=0, log_every=20, checkpoint_every=10_000, subset=None, holdout=0.1)
+    res = train(dict(image=[str(tmp_path / "i.safetensors")], text=[str(tmp_path / "t.safetensors")], out_dir=str(tmp_path / "o"),
+                     meta={}, settings=settings), log=open(os.devnull, "w"))
+    h = res["holdout"]
+    assert h["pairs"] == 120 and res["pairs"] == 1080
+    assert h["image_to_text_r1"] > 0.8 and h["text_to_image_r1"] > 0.8  # chance is 1/120
+    log = [__import__("json").loads(x) for x in (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    assert load_head(tmp_path / "o").config["head"] == "linear"

@@ -21,3 +21,23 @@ rule align:
         "../../envs/sailflow.yaml"
     script:
         "../scripts/align.py"
+
+
+rule probe:
+    input:
+        unpack(probe_inputs),
+    output:
+        "results/probe/{dataset}/{vision}__{text}.json",
+    params:
+        settings=probe_settings,
+        meta=probe_meta,
+    resources:
+        gpu=1,
+        log_every=10,
+        checkpoint_every=1000,
+    log:
+        "logs/probe/{dataset}/{vision}__{text}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/probe.py"

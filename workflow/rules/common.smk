@@ -228,3 +228,22 @@ def run_meta(wildcards):
     r = RUNS[wildcards.run]
     return {"run": wildcards.run, "vision": r["vision"], "text": r["text"], "data": r["data"],
             "vision_backbone": backbone_entry(r["vision"]), "text_backbone": backbone_entry(r["text"])}
+
+
+def probe_settings(wildcards):
+    s = {**config["align"], **config["probe"]["align"], **DATASETS[wildcards.dataset].get("probe_align", {})}
+    return {k: v for k, v in s.items() if k not in ALIGN_RUNTIME_KEYS}
+
+
+def probe_inputs(wildcards):
+    ds = wildcards.dataset
+    return {
+        "image": image_embedding_paths(ds, wildcards.vision),
+        "text": text_embedding_paths(ds, wildcards.text, [config["probe"]["caption_source"]]),
+        "samples": chunk_paths(ds, "samples.parquet"),
+    }
+
+
+def probe_meta(wildcards):
+    return {"dataset": wildcards.dataset, "vision": wildcards.vision, "text": wildcards.text,
+            "caption_source": config["probe"]["caption_source"]}

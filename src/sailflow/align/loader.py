@@ -53,6 +53,14 @@ class EmbeddingPairs:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def split(self, fraction: float, seed: int) -> np.ndarray:
+        """Hold out ``fraction`` of the usable rows (seeded): remove them from training, return them."""
+        perm = np.random.default_rng([seed, 7919]).permutation(len(self.rows))
+        k = int(round(fraction * len(self.rows)))
+        held = np.sort(self.rows[perm[:k]])
+        self.rows = np.sort(self.rows[perm[k:]])
+        return held
+
     def gather(self, rows: np.ndarray) -> Batch:
         """Rows (global indices) as tensors of the stored dtype (cast on the training device).
 

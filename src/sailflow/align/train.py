@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -119,6 +120,7 @@ def train(args: dict, log=sys.stderr) -> dict:
         labels["extra"] = args["extra"]
     files = open_chunks(labels, samples=args.get("samples"))
     pairs = EmbeddingPairs(files["image"], files["text"], files.get("extra"), subset=s.get("subset"), seed=int(s["seed"]))
+    held = pairs.split(float(s["holdout"]), int(s["seed"])) if s.get("holdout") else None
     sampler = BatchSampler(len(pairs), int(s["batch_size"]), int(s["seed"]), rank, world)
     total = int(s["epochs"]) * sampler.batches_per_epoch
     warmup = max(1, int(round(float(s["warmup"]) * total))) if float(s["warmup"]) < 1 else int(s["warmup"])
@@ -196,11 +198,29 @@ def train(args: dict, log=sys.stderr) -> dict:
             save_state(state_dir, head, opt, step + 1, fp, log_lines, running, n_logged)
 
     result = {"steps": total, "pairs": len(pairs)}
+    if held is not None and len(held):
+        result["holdout"] = holdout_retrieval(head, pairs, held, device)
     if rank == 0:
-        write_head(out_dir, head, {**args.get("meta", {}), "settings": s, "pairs": len(pairs), "steps": total, "world": world})
+        write_head(out_dir, head, {**args.get("meta", {}), "settings": s, **result, "world": world})
     if dist.is_initialized():
         dist.barrier()
     return result
+
+
+@torch.no_grad()
+def holdout_retrieval(head: AlignmentHead, pairs: EmbeddingPairs, held: np.ndarray, device, max_pairs: int = 5000) -> dict:
+    """Image->caption and caption->image R@1 among ``max_pairs`` held-out pairs (the first by row)."""
+    b = pairs.gather(held[:max_pairs])
+    zi = torch.nn.functional.normalize(head.encode_image(b.image.to(device)).float(), dim=-1)
+    zt = torch.nn.functional.normalize(head.encode_text(b.text.to(device)).float(), dim=-1)
+    sim = zi @ zt.T
+    target = torch.arange(len(sim), device=sim.device)
+    return {
+        "pairs": len(sim),
+        "image_to_text_r1": float((sim.argmax(1) == target).float().mean()),
+        "text_to_image_r1": float((sim.argmax(0) == target).float().mean()),
+        "chance": 1.0 / len(sim),
+    }
 
 
 def write_head(out_dir: Path, head: AlignmentHead, config: dict) -> None:
