@@ -287,3 +287,28 @@ def test_training_learns_a_linear_relation_scored_on_held_out_pairs(tmp_path):
     log = [__import__("json").loads(x) for x in (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.5 * log[0]["loss"]
     assert load_head(tmp_path / "o").config["head"] == "linear"
+
+
+def test_torchrun_two_processes_train_like_one(tmp_path):
+    """The real trainer under torchrun (2 CPU processes, gloo): same head as one process, up to
+    float summation order."""
+    import json
+
+    from sailflow.align.train import load_head
+
+    _chunks(tmp_path, [40, 24])
+    settings = dict(head="star", dim=8, width_factor=2, loss="siglip", optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+                    betas=[0.9, 0.99], decay_all=False, batch_size=16, epochs=2, warmup=1, logit_scale=20.0, logit_bias=-10.0,
+                    precision="fp32", seed=3, log_every=2, checkpoint_every=100, subset=None)
+    heads = {}
+    for nproc in (1, 2):
+        args = dict(image=sorted(map(str, tmp_path.glob("image_*.safetensors"))), text=sorted(map(str, tmp_path.glob("text_*.safetensors"))),
+                    extra=sorted(map(str, tmp_path.glob("extra_*.safetensors"))), out_dir=str(tmp_path / f"run{nproc}"), meta={}, settings=settings)
+        (tmp_path / f"args{nproc}.json").write_text(json.dumps(args))
+        torchrun = Path(sys.executable).parent / "torchrun"
+        subprocess.run([str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "sailflow.align.train", str(tmp_path / f"args{nproc}.json")],
+                       check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        heads[nproc] = load_head(tmp_path / f"run{nproc}")
+        assert json.loads((tmp_path / f"run{nproc}" / "config.json").read_text())["world"] == nproc
+    for (k, a), b in zip(heads[1].state_dict().items(), heads[2].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)

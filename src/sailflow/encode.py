@@ -18,11 +18,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from sailflow.backbones import fingerprint
 from sailflow.data.images import decode_rgb
 from sailflow.data.shards import read_sample_bytes
 from sailflow.embeddings import save_embeddings
 
 _STORE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def chunk_meta(backbone, dataset: str, chunk: str) -> dict:
+    """The metadata every embedding file of a chunk carries about what produced it."""
+    return {"backbone": backbone.name, "fingerprint": fingerprint(backbone.name, backbone.spec),
+            "pooling": backbone.pooling, "dataset": dataset, "chunk": chunk}
 
 
 class ChunkImages(Dataset):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from sailflow.backbones import fingerprint, load_vision
-from sailflow.encode import encode_images
+from sailflow.backbones import load_vision
+from sailflow.encode import chunk_meta, encode_images
 from sailflow.gpu import claim_devices
 from sailflow.logs import log_to
 
@@ -19,10 +19,7 @@ def main(smk):
         Path(smk.input.samples).parent / "images",
         smk.output[0],
         backbone,
-        meta={
-            "backbone": name, "fingerprint": fingerprint(name, spec), "pooling": backbone.pooling,
-            "dataset": smk.wildcards.dataset, "chunk": smk.wildcards.chunk,
-        },
+        meta=chunk_meta(backbone, smk.wildcards.dataset, smk.wildcards.chunk),
         batch_size=smk.resources.batch_size,
         workers=smk.threads,
         store_dtype=smk.params.dtype,

@@ -1,7 +1,7 @@
 """Encode one chunk's captions (one caption source) with a frozen text backbone."""
 
-from sailflow.backbones import fingerprint, load_text
-from sailflow.encode import encode_texts
+from sailflow.backbones import load_text
+from sailflow.encode import chunk_meta, encode_texts
 from sailflow.gpu import claim_devices
 from sailflow.logs import log_to
 
@@ -17,10 +17,7 @@ def main(smk):
         smk.wildcards.caption_source,
         smk.output[0],
         backbone,
-        meta={
-            "backbone": name, "fingerprint": fingerprint(name, spec), "pooling": backbone.pooling,
-            "dataset": smk.wildcards.dataset, "chunk": smk.wildcards.chunk,
-        },
+        meta=chunk_meta(backbone, smk.wildcards.dataset, smk.wildcards.chunk),
         batch_size=smk.resources.batch_size,
         store_dtype=smk.params.dtype,
         device=claim.device,

@@ -94,6 +94,15 @@ def load_state(state_dir: Path, head, opt, fingerprint: str, log=sys.stderr) -> 
     return step, int(meta["log_lines"]), float(t["log.running"][0]), int(meta["n_running"])
 
 
+def _tensorboard(path: Path):
+    """A SummaryWriter when tensorboard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
 def _dist_setup():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -141,6 +150,7 @@ def train(args: dict, log=sys.stderr) -> dict:
         kept = log_path.read_text().splitlines()[:log_lines] if log_path.exists() else []
         with atomic_path(log_path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
+    tb = _tensorboard(out_dir / "tensorboard") if rank == 0 else None
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     amp = PRECISIONS[s["precision"]]
     log_every, ckpt_every = int(s["log_every"]), int(s["checkpoint_every"])
@@ -192,11 +202,17 @@ def train(args: dict, log=sys.stderr) -> dict:
                     f.write(json.dumps(rec) + "\n")
                 log_lines += 1
                 print(json.dumps(rec), file=log, flush=True)
+                if tb is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            tb.add_scalar(f"train/{k}", v, rec["step"])
             running.zero_()
             t0, n_logged = time.perf_counter(), 0
         if rank == 0 and ((step + 1) % ckpt_every == 0 and not last):
             save_state(state_dir, head, opt, step + 1, fp, log_lines, running, n_logged)
 
+    if tb is not None:
+        tb.close()
     result = {"steps": total, "pairs": len(pairs)}
     if held is not None and len(held):
         result["holdout"] = holdout_retrieval(head, pairs, held, device)
