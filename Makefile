@@ -23,7 +23,9 @@ install: $(VENV)/.installed
 
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
-	@echo "demo outputs: results/  (data manifest: results/data/shapes/manifest.json)"
+	@echo "demo outputs: results/data/shapes/manifest.json (data counts),"
+	@echo "  results/embeddings/shapes/tiny_dinov2__minilm.json (embeddings check),"
+	@echo "  results/demo/align/{head.safetensors,config.json,train_log.jsonl} (head, held-out R@1, loss curve)"
 
 test: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
