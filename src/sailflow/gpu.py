@@ -76,7 +76,10 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
             except BlockingIOError:
                 f.close()
                 continue
-            f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")  # who holds it, for a person looking at the lock folder
+            f.flush()
             held.append((i, f))
             if len(held) == n:
                 ids = [i for i, _ in held]

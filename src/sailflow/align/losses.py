@@ -36,17 +36,17 @@ class _AllGather(torch.autograd.Function):
         return grad[r * n : (r + 1) * n]
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` concatenated in rank order, differentiable; ``x`` itself when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _AllGather.apply(x)
+    return _AllGather.apply(x) if _distributed() else x
 
 
 def _world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
 
 
 class SigLipLoss(nn.Module):
@@ -120,9 +120,7 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _SumOverRanks.apply(x)
+    return _SumOverRanks.apply(x) if _distributed() else x
 
 
 LOSSES = {"siglip": SigLipLoss, "clip": ClipLoss}
