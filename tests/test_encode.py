@@ -219,6 +219,12 @@ def test_reader_is_memory_mapped(tmp_path):
     f = open_embeddings(p)
     assert isinstance(f.embeddings, np.memmap)
     assert f.rows([5, 7]).dtype == torch.bfloat16 and f.rows([5, 7]).shape == (2, 64)
+    save_embeddings(p, torch.arange(20000 * 64, dtype=torch.float32).reshape(20000, 64).to(torch.bfloat16), np.arange(20000), {})
+    f = open_embeddings(p)
+    out = torch.empty(2, 64, dtype=torch.bfloat16)
+    f.rows(np.array([5, 7]), out=out)  # the loader's path: straight into a batch buffer
+    assert torch.equal(out, f.rows(np.array([5, 7]))) and torch.equal(out[1], f.rows(slice(7, 8))[0])
+    assert out[1, 0].item() == float(torch.tensor(7 * 64.0).to(torch.bfloat16))
 
 
 def test_kill_mid_encode_leaves_no_partial_file(tiny, chunk, tmp_path):

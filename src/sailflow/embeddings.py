@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +76,38 @@ class EmbeddingFile:
     embeddings: np.ndarray  # memmap; bf16 is exposed as uint16 (use :meth:`rows`)
     sample_id: np.ndarray
     present: np.ndarray | None
+    _tensor: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
         return len(self.sample_id)
 
-    def rows(self, idx) -> torch.Tensor:
-        """Rows ``idx`` as a torch tensor of the stored dtype."""
-        a = self.embeddings[idx]
-        # fancy indexing already copied the rows; a slice is a view of the read-only map: copy it
-        a = a.view(np.ndarray) if isinstance(idx, np.ndarray) and idx.dtype != bool else np.array(a)
-        t = torch.from_numpy(a)
-        return t.view(torch.bfloat16) if self.meta.get("dtype") == "bfloat16" else t
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.meta.get("dtype") == "bfloat16" else torch.from_numpy(self.embeddings[:0]).dtype
+
+    def rows(self, idx, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``idx`` (an index array or a slice) as a new torch tensor of the stored dtype, or
+        written into ``out`` (index arrays only)."""
+        bf16 = self.meta.get("dtype") == "bfloat16"
+        if isinstance(idx, np.ndarray) and idx.dtype != bool:
+            index = torch.from_numpy(idx.astype(np.int64, copy=False))
+            if out is not None:  # parallel copy straight into the caller's buffer, GIL released
+                torch.index_select(self._mapped(), 0, index, out=out.view(torch.int16) if bf16 else out)
+                return out
+            t = self._mapped().index_select(0, index)
+        else:
+            t = torch.from_numpy(np.array(self.embeddings[idx]))
+        return t.view(torch.bfloat16) if bf16 else t
+
+    def _mapped(self) -> torch.Tensor:
+        """The whole memory map as a (read-only: only ever indexed, never written) tensor."""
+        if self._tensor is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we only read it
+                m = self.embeddings
+                self._tensor = torch.from_numpy(m.view(np.int16) if self.meta.get("dtype") == "bfloat16" else m)
+        return self._tensor
 
 
 def open_embeddings(path: str | Path) -> EmbeddingFile:

@@ -68,19 +68,22 @@ class EmbeddingPairs:
         fancy-indexing read per chunk file, concatenated without any per-sample work."""
         rows = np.sort(rows)
         bounds = np.searchsorted(rows, self.offsets)
-        img, txt, ext, mask = [], [], [], []
+        n = len(rows)
+        img = torch.empty(n, self.vision_dim, dtype=self.image[0].dtype)
+        txt = torch.empty(n, self.text_dim, dtype=self.text[0].dtype)
+        ext = torch.empty(n, self.text_dim, dtype=self.extra[0].dtype) if self.extra is not None else None
+        mask = torch.ones(n, dtype=torch.bool) if self.extra is not None else None
         for f in np.flatnonzero(bounds[1:] > bounds[:-1]):
-            local = rows[bounds[f] : bounds[f + 1]] - self.offsets[f]
-            img.append(self.image[f].rows(local))
-            txt.append(self.text[f].rows(local))
-            if self.extra is not None:
+            lo, hi = bounds[f], bounds[f + 1]
+            local = rows[lo:hi] - self.offsets[f]
+            self.image[f].rows(local, out=img[lo:hi])
+            self.text[f].rows(local, out=txt[lo:hi])
+            if ext is not None:
                 e = self.extra[f]
-                ext.append(e.rows(local))
-                present = np.asarray(e.present)[local] > 0 if e.present is not None else np.ones(len(local), bool)
-                mask.append(torch.from_numpy(present))
-        if self.extra is None:
-            return Batch(torch.cat(img), torch.cat(txt), None, None)
-        return Batch(torch.cat(img), torch.cat(txt), torch.cat(ext), torch.cat(mask))
+                e.rows(local, out=ext[lo:hi])
+                if e.present is not None:
+                    mask[lo:hi] = torch.from_numpy(np.asarray(e.present)[local] > 0)
+        return Batch(img, txt, ext, mask)
 
 
 class BatchSampler:
