@@ -1,0 +1,24 @@
+"""MMVP-VLM (Tong et al. 2024), the official rule: for a pair of images and their two statements,
+each statement picks image 1 iff its score with image 1 is strictly greater (a tie picks image 2,
+as the official softmax > 0.5 test does). A pair counts only if both statements pick their own
+image. Accuracy per visual pattern, and the mean over patterns.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
+    """``s``: ``[P, 2, 2]`` statement x image scores per pair (statement k belongs to image k);
+    ``patterns[p]``: the pair's visual pattern. Returns per-pattern and average accuracy (0-1)."""
+    pick1_for_1 = s[:, 0, 0] > s[:, 0, 1]  # statement 1 picks image 1
+    pick1_for_2 = s[:, 1, 0] > s[:, 1, 1]  # statement 2 picks image 1 (wrong)
+    correct = pick1_for_1 & ~pick1_for_2
+    by = defaultdict(list)
+    for ok, p in zip(correct.tolist(), patterns):
+        by[p].append(ok)
+    per = {p: sum(v) / len(v) for p, v in by.items()}
+    return {"patterns": per, "average": sum(per.values()) / len(per), "pairs": int(s.shape[0])}
