@@ -84,7 +84,7 @@ def img2dataset_args(urls_path: Path, images_dir: Path, opts: dict, limits: dict
         incremental_mode="incremental",
         enable_wandb=False,
         extract_exif=False,
-        compute_hash="sha256",
+        compute_hash=None,  # the filter stage hashes the stored bytes itself (for deduplication)
         user_agent_token=opts["user_agent_token"],
         disallowed_header_directives=list(opts["disallowed_header_directives"]),
         encode_format=opts["encode_format"],

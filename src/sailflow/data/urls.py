@@ -98,11 +98,9 @@ def _open_batches(path: Path, kind: str, columns: list[str]):
                 [batch.column(c).cast(pa.string()) for c in columns], names=columns
             )
         return
-    parse = pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True)
+    parse = _csv_parse_options(kind)
     read = pacsv.ReadOptions(block_size=1 << 24)
-    with pa.input_stream(str(path), compression="detect") as stream:
-        header_reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 16), parse_options=parse)
-        names = header_reader.schema.names
+    names = _peek_columns(path, kind)
     _check_columns(path, names, columns)
     convert = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in names},
@@ -257,9 +255,14 @@ def normalize_table(
 def _peek_columns(path: Path, kind: str) -> list[str]:
     if kind == "parquet":
         return pq.ParquetFile(path).schema_arrow.names
-    parse = pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True)
     with pa.input_stream(str(path), compression="detect") as stream:
-        return pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 16), parse_options=parse).schema.names
+        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 16), parse_options=_csv_parse_options(kind))
+        return reader.schema.names
+
+
+def _csv_parse_options(kind: str) -> pacsv.ParseOptions:
+    # quoted captions may span lines (DreamLIP long captions)
+    return pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True)
 
 
 def _duplicate_mask(staged: Path, h: np.ndarray) -> np.ndarray:
