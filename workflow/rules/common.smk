@@ -50,8 +50,8 @@ def table_options(wildcards):
 
 
 def caption_sources(dataset):
-    cs = DATASETS[dataset]["caption_sources"]
-    return list(cs) if isinstance(cs, (list, dict)) else [cs]
+    """Caption-source names of a dataset (the schema allows a list, or a map name -> column)."""
+    return list(DATASETS[dataset]["caption_sources"])
 
 
 def section_options(section, dataset):

@@ -19,7 +19,7 @@ from sailflow.align.heads import AlignmentHead
 from sailflow.align.train import write_head
 
 
-def infer_dims(state: dict, head: str) -> tuple[int, int]:
+def infer_dims(state: dict) -> tuple[int, int]:
     return state["vision_layer_norm.weight"].shape[0], state["text_layer_norm.weight"].shape[0]
 
 
@@ -27,7 +27,7 @@ def convert(src: str | Path, out_dir: str | Path, head: str = "star", dim: int =
     obj = torch.load(src, map_location="cpu", weights_only=True)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    vision_dim, text_dim = infer_dims(state, head)
+    vision_dim, text_dim = infer_dims(state)
     model = AlignmentHead(vision_dim, text_dim, dim=dim, head=head, width_factor=width_factor)
     model.load_state_dict(state, strict=True)
     write_head(Path(out_dir), model, {"converted_from": str(src)})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -117,7 +116,6 @@ def _run_img2dataset(args_path: Path, images_dir: Path, shards: list[int], log) 
         [sys.executable, "-m", "sailflow.data.img2dataset_main", str(args_path)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
     expected = [images_dir / f"{shard_stem(s)}_stats.json" for s in shards]
     finished_at = None
