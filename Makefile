@@ -23,9 +23,10 @@ install: $(VENV)/.installed
 
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
-	@echo "demo outputs: results/data/shapes/manifest.json (data counts),"
-	@echo "  results/embeddings/shapes/tiny_dinov2__minilm.json (embeddings check),"
-	@echo "  results/demo/align/{head.safetensors,config.json,train_log.jsonl} (head, held-out R@1, loss curve)"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --report results/report.html
+	@echo "demo outputs: results/demo/eval.json (every metric; per task in results/demo/eval/),"
+	@echo "  results/report.html (report: loss curve, metrics, data counts, retrieval examples),"
+	@echo "  results/data/shapes/manifest.json (data counts), results/demo/align/ (head, loss curve)"
 
 test: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q

@@ -1,6 +1,7 @@
-# sailflow: image URLs + captions -> downloaded, filtered shards -> (later) embeddings, aligned
-# models and evaluations. The rules of each stage live in workflow/rules/; the library they call
-# is src/sailflow. `snakemake --cores 2` runs the embedded demo.
+# sailflow: image URLs + captions -> downloaded, filtered shards -> embeddings from frozen backbones
+# -> a trained SAIL alignment head -> evaluations and a report. The rules of each stage live in
+# workflow/rules/; the library they call is src/sailflow. `snakemake --cores 2` runs the embedded
+# demo; `snakemake --report results/report.html` then writes its report.
 
 from snakemake.utils import min_version
 
@@ -15,9 +16,12 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/align.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         config["default_targets"],
+        report_targets(),
     default_target: True

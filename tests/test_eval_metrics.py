@@ -32,10 +32,10 @@ def test_classification_top1_top5_and_per_class_recall_with_ties():
     ])
     targets = torch.tensor([0, 0, 2, 5])
     m = classification_metrics(img, w, targets)
-    assert m["top1"] == pytest.approx(2 / 4)
-    assert m["top5"] == pytest.approx(4 / 4)  # sample 1: class 0 is among the 5 best (ties by index)
+    assert m["acc1"] == pytest.approx(2 / 4)
+    assert m["acc5"] == pytest.approx(4 / 4)  # sample 1: class 0 is among the 5 best (ties by index)
     assert m["mean_per_class_recall"] == pytest.approx((1 / 2 + 0 + 1) / 3)  # classes 0, 2, 5 occur
-    assert math.isnan(classification_metrics(img[:, :3], torch.eye(3), torch.tensor([0, 0, 2, 1]))["top5"])
+    assert math.isnan(classification_metrics(img[:, :3], torch.eye(3), torch.tensor([0, 0, 2, 1]))["acc5"])
 
 
 def test_retrieval_with_unequal_caption_counts_and_ties():
@@ -50,14 +50,13 @@ def test_retrieval_with_unequal_caption_counts_and_ties():
         [0.0, 0.9, 0.1],  # t5: image 2 second
     ])
     m = retrieval_metrics(scores, text_image, ks=(1, 2))
-    assert m["text_to_image_R@1"] == pytest.approx(2 / 6)
-    assert m["text_to_image_R@2"] == pytest.approx(5 / 6)  # t4 misses at 2
+    assert m["image_retrieval_recall@1"] == pytest.approx(2 / 6)  # text -> image
+    assert m["image_retrieval_recall@2"] == pytest.approx(5 / 6)  # t4 misses at 2
     # image 0's captions ranked by score: t0 .9, t2 .5, t4 .3 -> hit@1
     # image 1's: t5 .9, t1 .8, t2 .5 -> its caption t2 is third: miss@2
     # image 2's: t3 .7, t5 .1 vs t1 .1 (tie: t1 first) -> t3 hit@1
-    assert m["image_to_text_R@1"] == pytest.approx(2 / 3)
-    assert m["image_to_text_R@2"] == pytest.approx(2 / 3)
-    assert m["captions"] == 6 and m["images"] == 3
+    assert m["text_retrieval_recall@1"] == pytest.approx(2 / 3)  # image -> text
+    assert m["text_retrieval_recall@2"] == pytest.approx(2 / 3)
 
 
 def test_winoground_strict_ties_count_wrong():
@@ -79,4 +78,6 @@ def test_mmvp_pair_needs_both_statements_and_a_tie_picks_image_two():
         [[0.6, 0.5], [0.5, 0.5]],  # statement 2 ties -> image 2 (right): pair right
     ])
     m = mmvp_scores(s, ["Color", "Color", "Spatial", "Spatial"])
-    assert m["patterns"] == {"Color": 0.5, "Spatial": 0.5} and m["average"] == 0.5 and m["pairs"] == 4
+    assert m == {"average": 0.5, "pattern/Color": 0.5, "pattern/Spatial": 0.5}
+    m = mmvp_scores(s[:3], ["Color", "Color", "Spatial"])  # average = mean over patterns, not over pairs
+    assert m["average"] == pytest.approx((0.5 + 0.0) / 2) and m["pattern/Spatial"] == 0.0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
+import torch
 
 from conftest import REPO, repo_config, snakemake, write_config
 
@@ -14,6 +16,11 @@ def planned_jobs(stdout: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count}."""
     table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def _run_caption_sources(cfg: dict) -> set[str]:
+    d = cfg["runs"]["demo"]["data"][0]
+    return {d["caption_source"], d["extra_caption_source"]}
 
 
 def test_lint_has_no_findings():
@@ -29,11 +36,14 @@ def test_demo_dry_run_is_fast_and_complete(workdir):
     jobs = planned_jobs(proc.stdout)
     cfg = repo_config()
     n = cfg["datasets"]["shapes"]["n_chunks"]
-    n_sources = len(cfg["datasets"]["shapes"]["caption_sources"])
+    n_sources = len(_run_caption_sources(cfg))
+    n_tasks = len(cfg["runs"]["demo"]["eval"])
     assert jobs == {
         "demo_shapes": 1, "normalize_urls": 1, "split_urls_shapes": 1, "download_chunk": n,
         "filter_chunk": n, "cleanup_shapes": 1, "build_tiny_backbone": 1, "encode_images": n,
-        "encode_texts": n * n_sources, "check_embeddings": 1, "align": 1, "all": 1,
+        "encode_texts": n * n_sources, "align": 1, "demo_eval_sets": 1, "eval_image_features": n_tasks,
+        "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
+        "report_retrieval": 1, "report_metrics": 1, "all": 1,
     }
     assert elapsed < 10, f"dry run took {elapsed:.1f} s"
 
@@ -47,38 +57,131 @@ def test_real_datasets_plan_without_network(workdir):
     assert jobs["fetch_source"] == 2 and jobs["download_chunk"] == n and jobs["filter_chunk"] == n
 
 
-@pytest.mark.e2e
-def test_config_changes_rerun_only_what_depends_on_them(workdir):
+def test_sail_l_runs_plan_to_eval_json_in_seconds(workdir):
+    """Both SAIL-L runs, with the real datasets' chunk counts and no data or evaluation sets on disk."""
     cfg = repo_config()
-    cfg["demo"].update(n_train=40, n_eval=8)
+    write_config(workdir, cfg)
+    t = time.perf_counter()
+    proc = snakemake(workdir, "-n", "results/sail_l_nv2/eval.json", "results/sail_l_gte/eval.json", "--cores", "32", "--resources", "gpu=8")
+    elapsed = time.perf_counter() - t
+    jobs = planned_jobs(proc.stdout)
+    chunks = sum(cfg["datasets"][d["dataset"]]["n_chunks"] for d in cfg["runs"]["sail_l_nv2"]["data"])
+    n_tasks = len(cfg["runs"]["sail_l_nv2"]["eval"])
+    assert jobs["download_chunk"] == chunks and jobs["encode_images"] == chunks  # one vision backbone, shared
+    assert jobs["encode_texts"] == 2 * 2 * chunks  # two text backbones x (positive + extra caption source)
+    assert jobs["align"] == 2 and jobs["evaluate"] == 2 * n_tasks and jobs["eval_summary"] == 2
+    assert jobs["eval_image_features"] == n_tasks and jobs["eval_text_features"] == 2 * n_tasks
+    # the evaluation sets are not on this machine: planning warns, naming the config key and path
+    assert "eval_tasks.imagenet1k: data/eval/imagenet/val does not exist" in proc.stdout + proc.stderr
+    assert elapsed < 15, f"planning took {elapsed:.1f} s"
+
+
+def _small_demo(cfg: dict) -> dict:
+    cfg["demo"].update(n_train=40, n_eval=8, eval_sets={"winoground_examples": 3, "mmvp_pairs_per_pattern": 1})
     cfg["runs"]["demo"]["align"].update(batch_size=16, epochs=2, checkpoint_every=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The whole demo chain (URLs -> eval.json and report figures) on 40 images, run once."""
+    workdir = tmp_path_factory.mktemp("small_demo")
+    cfg = _small_demo(repo_config())
     write_config(workdir, cfg)
     snakemake(workdir, "--cores", "2")
-    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    return workdir, cfg
 
-    # an alignment setting: only the alignment (and what will follow it), not encoding
+
+@pytest.mark.e2e
+def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
+    workdir, cfg = small_demo
+    summary = json.loads((workdir / "results/demo/eval.json").read_text())
+    tasks = cfg["runs"]["demo"]["eval"]
+    assert list(summary["tasks"]) == tasks
+    assert summary["vision"] == "tiny_dinov2" and summary["text"] == "minilm" and len(summary["fingerprint"]) == 16
+    assert summary["git"] is None or len(summary["git"]["commit"]) == 40
+    assert summary["data"]["datasets"]["shapes"]["input_rows"] == 40 and summary["data"]["train_pairs"] > 0
+    for task in tasks:  # every metric of every task, merged from the per-task files
+        per_task = json.loads((workdir / f"results/demo/eval/{task}.json").read_text())
+        assert per_task["model"] == "demo" and per_task["dataset"] == task
+        for k, v in per_task["metrics"].items():
+            assert summary["metrics"][f"{task}/{k}"] == v
+            assert v is None or 0.0 <= v <= 1.0
+    # the held-out evaluation sets: every held-out image, 5 captions each; pairs as configured
+    assert summary["tasks"]["demo_retrieval"]["counts"] == {"images": 8, "captions": 40}
+    assert summary["tasks"]["demo_shape"]["counts"]["images"] == 8
+    assert summary["tasks"]["demo_winoground"]["counts"] == {"examples": 3}
+    assert summary["tasks"]["demo_mmvp"]["counts"] == {"pairs": 5, "patterns": 5}
+    assert "nothing to be done" in snakemake(workdir, "-n").stdout.lower()
+
+    # outside Snakemake, the assembled model (backbones + head, three lines) embeds the evaluation set
+    # as the pipeline's stored backbone features + head do (those are fp16, hence the tolerance)
+    from sailflow.align.train import load_head
+    from sailflow.evaluate import tasks as eval_tasks
+    from sailflow.evaluate.features import HeadOverFeatures, load_features
+    from sailflow.model import AlignedModel
+
+    monkeypatch.chdir(workdir)  # the config's paths are relative to the workflow's folder
+    model = AlignedModel.from_run("results/demo")
+    spec = cfg["eval_tasks"]["demo_retrieval"]
+    data = eval_tasks.load(spec)
+    stored = load_features("results/eval/demo_retrieval/image/tiny_dinov2.safetensors", eval_tasks.images_of(data))
+    cached = HeadOverFeatures(load_head("results/demo/align"), data.images, stored, [], torch.zeros(0, 1))
+    cos = (model.encode_image(data.images) * cached.encode_image(data.images)).sum(-1)
+    assert float(cos.min()) > 0.999
+    direct = eval_tasks.run(model, spec)["metrics"]
+    assert direct.keys() == summary["tasks"]["demo_retrieval"]["metrics"].keys()
+
+    snakemake(workdir, "--report", "report.html")
+    page = (workdir / "report.html").read_text()
+    for needle in ("loss.svg", "metrics.html", "data.html", "retrieval_demo_retrieval.png"):
+        assert needle in page
+    metrics = (workdir / "results/report/metrics.html").read_text()
+    assert all(t in metrics for t in tasks) and "image_retrieval_recall@1" in metrics and "chance" in metrics
+
+
+@pytest.mark.e2e
+def test_config_changes_rerun_only_what_depends_on_them(small_demo):
+    workdir, cfg = small_demo
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    n_tasks = len(cfg["runs"]["demo"]["eval"])
+    # what follows a new head: scoring (not the evaluation sets' backbone features), summary, report
+    after_head = {"evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_retrieval": 1, "report_metrics": 1, "all": 1}
+
+    # an alignment setting: the alignment and what follows it, not encoding
     cfg["runs"]["demo"]["align"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"align": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"align": 1, **after_head}
     cfg["align"]["log_every"] = 3  # logging interval only: nothing
     cfg["runs"]["demo"]["align"]["lr"] = 1e-3
     write_config(workdir, cfg)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
     n = cfg["datasets"]["shapes"]["n_chunks"]
-    n_text = n * len(cfg["datasets"]["shapes"]["caption_sources"])
+    n_text = n * len(_run_caption_sources(cfg))  # the caption sources the demo run trains on
+
+    # evaluation settings: only evaluation jobs. New prompts for one task re-encode its prompts only;
+    # retrieval's R@k rescores retrieval only.
+    cfg["eval_tasks"]["demo_shape"]["templates"] = ["a drawing of a {c}."]
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"eval_text_features": 1, "evaluate": 1, "eval_summary": 1, "report_metrics": 1, "all": 1}
+    cfg["eval_tasks"]["demo_shape"]["templates"] = repo_config()["eval_tasks"]["demo_shape"]["templates"]
+    cfg["eval"]["recall_k"] = [1, 2]
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"evaluate": 1, "eval_summary": 1, "report_retrieval": 1, "report_metrics": 1, "all": 1}
+    cfg["eval"]["recall_k"] = [1, 5, 10]
+    write_config(workdir, cfg)
 
     # only the text backbone changes: text encoding and what reads it, no image encoding, no data
     cfg["backbones"]["minilm"]["max_length"] = 64
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "check_embeddings": 1, "align": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "align": 1, "eval_text_features": n_tasks, **after_head}
 
-    # an image filter option: filtering and everything after it, but no download
+    # an image filter option: filtering and everything after it, but no download and no evaluation set
     cfg["backbones"]["minilm"]["max_length"] = 128
     cfg["datasets"]["shapes"]["filter"]["min_side"] = 40
     write_config(workdir, cfg)
     assert planned_jobs(snakemake(workdir, "-n").stdout) == {
-        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "check_embeddings": 1,
-        "align": 1, "all": 1,
+        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "align": 1, "report_data": 1, **after_head,
     }
 
     # parallelism and batch sizes only: nothing reruns

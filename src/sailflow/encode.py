@@ -3,7 +3,8 @@
 Images are read straight from the img2dataset tars (offsets in ``samples.parquet``), decoded and
 preprocessed in DataLoader worker processes while the model runs; rows are written in
 ``samples.parquet`` order. Captions are sorted by length so each batch pads little, and the
-results are put back in row order.
+results are put back in row order. The same loops encode evaluation sets (image files, prompt and
+caption lists) so that evaluation sees features computed exactly as training did.
 """
 
 from __future__ import annotations
@@ -54,10 +55,70 @@ class ChunkImages(Dataset):
             raise RuntimeError(f"{self.images_dir / self.shard[i]}: sample {self.sample_id[i]} no longer decodes ({e}); rerun the data stages") from None
 
 
+class ImageFiles(Dataset):
+    """Item i: ``(i, preprocess(RGB image at paths[i]))``; an unreadable file is an error naming it."""
+
+    def __init__(self, paths: list[str | Path], preprocess):
+        self.paths = [str(p) for p in paths]
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(decode_rgb(Path(self.paths[i]).read_bytes()))
+        except Exception as e:
+            raise RuntimeError(f"{self.paths[i]}: cannot read this image ({e})") from None
+
+
 def _autocast(device: torch.device, dtype: str):
     if device.type == "cuda" and dtype in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=_STORE[dtype])
     return nullcontext()
+
+
+def run_images(ds: Dataset, backbone, *, batch_size: int = 256, workers: int = 2, store_dtype: str = "fp16",
+               device: str = "cpu", log=sys.stderr, desc: str = "encode images") -> torch.Tensor:
+    """Backbone output for every item ``(i, pixels)`` of ``ds``, in item order, as ``store_dtype``."""
+    dev = torch.device(device)
+    loader = DataLoader(
+        ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    out = None
+    with torch.inference_mode(), _autocast(dev, store_dtype):
+        for idx, x in tqdm(loader, total=len(loader), file=log, desc=desc, mininterval=5):
+            y = backbone(x.to(dev, non_blocking=True)).to(_STORE[store_dtype]).cpu()
+            if out is None:
+                out = torch.empty((len(ds), *y.shape[1:]), dtype=_STORE[store_dtype])
+            out[idx] = y
+    if out is None:  # no items: zero rows with the backbone's output shape
+        from PIL import Image
+
+        with torch.inference_mode():
+            probe = backbone(backbone.preprocess(Image.new("RGB", (64, 64)))[None].to(dev))
+        out = torch.empty((0, *probe.shape[1:]), dtype=_STORE[store_dtype])
+    return out
+
+
+def run_texts(texts: list[str], backbone, *, batch_size: int = 256, store_dtype: str = "fp16", device: str = "cpu",
+              log=sys.stderr, desc: str = "encode texts") -> torch.Tensor:
+    """``backbone.encode`` of every text, in order; batches go longest first so padding stays small."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    dev = torch.device(device)
+    out = None
+    with torch.inference_mode(), _autocast(dev, store_dtype):
+        for start in tqdm(range(0, len(order), batch_size), file=log, desc=desc, mininterval=5):
+            idx = order[start : start + batch_size]
+            y = backbone.encode([texts[i] for i in idx]).to(_STORE[store_dtype]).cpu()
+            if out is None:
+                out = torch.empty((len(texts), y.shape[-1]), dtype=_STORE[store_dtype])
+            out[torch.from_numpy(idx)] = y
+    if out is None:
+        with torch.inference_mode():
+            out = torch.empty((0, backbone.encode([""]).shape[-1]), dtype=_STORE[store_dtype])
+    return out
 
 
 def encode_images(
@@ -76,23 +137,8 @@ def encode_images(
     """Encode every image of a chunk; write ``out_path``. Returns the number of rows."""
     samples = pd.read_parquet(samples_path, columns=["sample_id", "shard", "offset", "size"])
     ds = ChunkImages(samples, images_dir, backbone.preprocess)
-    dev = torch.device(device)
-    loader = DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if workers else None,
-    )
-    out = None
-    with torch.inference_mode(), _autocast(dev, store_dtype):
-        for idx, x in tqdm(loader, total=len(loader), file=log, desc=f"encode {Path(out_path).name}", mininterval=5):
-            y = backbone(x.to(dev, non_blocking=True)).to(_STORE[store_dtype]).cpu()
-            if out is None:
-                out = torch.empty((len(ds), *y.shape[1:]), dtype=_STORE[store_dtype])
-            out[idx] = y
-    if out is None:  # an empty chunk: a zero-row file with the backbone's output shape
-        from PIL import Image
-
-        probe = backbone(backbone.preprocess(Image.new("RGB", (64, 64)))[None].to(dev))
-        out = torch.empty((0, *probe.shape[1:]), dtype=_STORE[store_dtype])
+    out = run_images(ds, backbone, batch_size=batch_size, workers=workers, store_dtype=store_dtype, device=device, log=log,
+                     desc=f"encode {Path(out_path).name}")
     save_embeddings(out_path, out, samples["sample_id"].to_numpy(), {**meta, "modality": "image"})
     return len(ds)
 
@@ -113,18 +159,7 @@ def encode_texts(
     samples = pd.read_parquet(samples_path, columns=["sample_id", caption_source])
     texts = samples[caption_source]
     present = texts.notna().to_numpy()
-    texts = texts.fillna("").astype(str).tolist()
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: padding stays small
-    dev = torch.device(device)
-    out = None
-    with torch.inference_mode(), _autocast(dev, store_dtype):
-        for start in tqdm(range(0, len(order), batch_size), file=log, desc=f"encode {caption_source}", mininterval=5):
-            idx = order[start : start + batch_size]
-            y = backbone.encode([texts[i] for i in idx]).to(_STORE[store_dtype]).cpu()
-            if out is None:
-                out = torch.empty((len(texts), y.shape[-1]), dtype=_STORE[store_dtype])
-            out[torch.from_numpy(idx)] = y
-    if out is None:
-        out = torch.empty((0, backbone.encode([""]).shape[-1]), dtype=_STORE[store_dtype])
+    out = run_texts(texts.fillna("").astype(str).tolist(), backbone, batch_size=batch_size, store_dtype=store_dtype,
+                    device=device, log=log, desc=f"encode {caption_source}")
     save_embeddings(out_path, out, samples["sample_id"].to_numpy(), {**meta, "modality": "text", "caption_source": caption_source}, present=present)
-    return len(texts)
+    return len(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,10 +48,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _strict(obj: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers (Python's json writes invalid ``NaN``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented, strict JSON (non-finite numbers as null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_parquet(path: str | os.PathLike, df) -> None:

@@ -4,7 +4,8 @@
     model = AlignedModel.from_run("results/demo")
     sims = model.encode_image(images) @ model.encode_text(["a red circle"]).T   # cosine similarities
 
-``encode_image`` takes PIL images, ``encode_text`` strings; both return L2-normalised ``[B, d]``.
+``encode_image`` takes PIL images or image paths, ``encode_text`` strings; both return L2-normalised
+``[B, d]``, so the model can be scored directly: ``sailflow.evaluate.tasks.run(model, task_spec)``.
 ``score`` gives SigLIP probabilities-as-logits: exp(logit_scale) * cos + logit_bias.
 """
 
@@ -29,6 +30,14 @@ def _rooted(spec: dict, root: Path) -> dict:
     return spec
 
 
+def _rgb(image):
+    if isinstance(image, (str, Path)):
+        return decode_rgb(Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray)):
+        return decode_rgb(image)
+    return image.convert("RGB")
+
+
 class AlignedModel(torch.nn.Module):
     def __init__(self, vision, text, head, device: str = "cpu"):
         super().__init__()
@@ -47,10 +56,11 @@ class AlignedModel(torch.nn.Module):
 
     @torch.no_grad()
     def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
-        """PIL images (or encoded image bytes) -> normalised ``[B, d]`` (float32, on the model's device)."""
+        """PIL images, image files (paths) or encoded image bytes -> normalised ``[B, d]`` (float32, on
+        the model's device)."""
         out = []
         for i in range(0, len(images), batch_size):
-            chunk = [decode_rgb(im) if isinstance(im, (bytes, bytearray)) else im.convert("RGB") for im in images[i : i + batch_size]]
+            chunk = [_rgb(im) for im in images[i : i + batch_size]]
             x = torch.stack([self.vision.preprocess(im) for im in chunk]).to(self.device)
             out.append(F.normalize(self.head.encode_image(self.vision(x).float()), dim=-1))
         return torch.cat(out)

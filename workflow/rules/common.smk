@@ -1,7 +1,12 @@
 # Config validation and the few functions that build paths and per-rule options.
-from pathlib import PurePosixPath
+import hashlib
+import json
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 from snakemake.utils import validate
+
+from sailflow.evaluate.datasets import TEXT_ONLY_KEYS, task_files  # torch-free
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -247,3 +252,101 @@ def probe_inputs(wildcards):
 def probe_meta(wildcards):
     return {"dataset": wildcards.dataset, "vision": wildcards.vision, "text": wildcards.text,
             "caption_source": config["probe"]["caption_source"]}
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+EVAL_TASKS = config["eval_tasks"]
+
+
+wildcard_constraints:
+    task="|".join(EVAL_TASKS) or "(?!)",
+
+
+def _check_eval(run):
+    for task in RUNS[run]["eval"]:
+        if task not in EVAL_TASKS:
+            raise ValueError(f"runs.{run}.eval: unknown task {task!r}; define it under `eval_tasks:`")
+
+
+for _run in RUNS:
+    _check_eval(_run)
+
+
+def eval_data_inputs(wildcards):
+    """Inputs of jobs that read a task's data. Data under results/ is made by this workflow (the
+    demo sets) and always an input; data elsewhere (ImageNet, COCO, ...) is read where it lies: an
+    input when present, otherwise reported now, when the job is planned, and an error when it runs."""
+    paths = []
+    for p in task_files(EVAL_TASKS[wildcards.task]):
+        if p.startswith("results/") or Path(p).exists():
+            paths.append(p)
+        elif p not in _WARNED_MISSING:
+            _WARNED_MISSING.add(p)
+            logger.warning(f"eval_tasks.{wildcards.task}: {p} does not exist (yet); its evaluation jobs will fail until it does")
+    return paths
+
+
+_WARNED_MISSING = set()
+
+
+def eval_task_spec(wildcards):
+    return EVAL_TASKS[wildcards.task]
+
+
+def eval_task_image_spec(wildcards):
+    """params of image features: the task without its text-only keys, so a new prompt set
+    re-encodes prompts, not images."""
+    return {k: v for k, v in EVAL_TASKS[wildcards.task].items() if k not in TEXT_ONLY_KEYS}
+
+
+def eval_features(wildcards):
+    r = RUNS[wildcards.run]
+    return {
+        "image": f"results/eval/{wildcards.task}/image/{r['vision']}.safetensors",
+        "text": f"results/eval/{wildcards.task}/text/{r['text']}.safetensors",
+    }
+
+
+def eval_settings(wildcards):
+    """params of scoring beyond the task itself (retrieval only: which R@k, examples for the report)."""
+    if EVAL_TASKS[wildcards.task]["kind"] != "retrieval":
+        return {}
+    return {"recall_k": config["eval"]["recall_k"], "examples": config["eval"]["report_examples"]}
+
+
+def run_eval_results(wildcards):
+    return [f"results/{wildcards.run}/eval/{t}.json" for t in RUNS[wildcards.run]["eval"]]
+
+
+def run_manifests(wildcards):
+    return [f"{data_dir(d['dataset'])}/manifest.json" for d in RUNS[wildcards.run]["data"]]
+
+
+def dataset_settings(dataset):
+    """What decides a dataset's samples: its table, download and filter options (not parallelism)."""
+    w = SimpleNamespace(dataset=dataset)
+    return {"source": DATASETS[dataset].get("source") or DATASETS[dataset].get("source_url"), "table": table_options(w),
+            "download": download_options(w), "filter": image_limits(w), "n_chunks": DATASETS[dataset]["n_chunks"]}
+
+
+def run_fingerprint(wildcards):
+    """Everything that decides a run's numbers: backbones, data, alignment settings, tasks."""
+    r = RUNS[wildcards.run]
+    cfg = {**run_meta(wildcards), "align": align_settings(wildcards), "eval": {t: EVAL_TASKS[t] for t in r["eval"]},
+           "eval_settings": config["eval"],
+           "datasets": {d["dataset"]: dataset_settings(d["dataset"]) for d in r["data"]}}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def report_targets():
+    """What `snakemake --report` shows, for the runs listed under `report: runs:`."""
+    runs = config["report"]["runs"]
+    for run in runs:
+        if run not in RUNS:
+            raise ValueError(f"report.runs: unknown run {run!r}")
+    out = ["results/report/metrics.html"] if runs else []
+    for run in runs:
+        out += [f"results/{run}/report/loss.svg", f"results/{run}/report/data.html"]
+        out += [f"results/{run}/report/retrieval_{t}.png" for t in RUNS[run]["eval"] if EVAL_TASKS[t]["kind"] == "retrieval"]
+    return out

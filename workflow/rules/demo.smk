@@ -6,11 +6,35 @@ rule demo_shapes:
     output:
         train="results/demo/shapes/train.csv",
         heldout="results/demo/shapes/eval.csv",
+        heldout_meta="results/demo/shapes/eval.meta.parquet",
     params:
-        cfg=config["demo"],
+        cfg={k: v for k, v in config["demo"].items() if k != "eval_sets"},
     log:
         "logs/demo/shapes.log",
     conda:
         "../../envs/sailflow.yaml"
     script:
         "../scripts/demo_shapes.py"
+
+
+rule demo_eval_sets:
+    input:
+        heldout="results/demo/shapes/eval.csv",
+        meta="results/demo/shapes/eval.meta.parquet",
+    output:
+        shape=directory("results/demo/evalsets/shape"),
+        colour=directory("results/demo/evalsets/colour"),
+        retrieval_annotations="results/demo/evalsets/retrieval/captions.json",
+        retrieval_images=directory("results/demo/evalsets/retrieval/images"),
+        winoground_examples="results/demo/evalsets/winoground/examples.jsonl",
+        winoground_images=directory("results/demo/evalsets/winoground/images"),
+        mmvp_questions="results/demo/evalsets/mmvp/Questions.csv",
+        mmvp_images=directory("results/demo/evalsets/mmvp/MLLM_VLM Images"),
+    params:
+        cfg=config["demo"],
+    log:
+        "logs/demo/evalsets.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/demo_eval_sets.py"

@@ -38,8 +38,10 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 
     if kind == "dinov2":
         from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
+        # initializer_range 0.2 (HF default 0.02): the random features keep more colour and layout
+        # (demo shapes, MLP probe on 3000 images: shape 0.48 vs 0.34, colour 0.87 vs 0.84)
         cfg = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                           patch_size=8, image_size=image_size)
+                           patch_size=8, image_size=image_size, initializer_range=0.2)
         Dinov2Model(cfg).save_pretrained(tmp)
         BitImageProcessor(size={"shortest_edge": image_size * 9 // 8}, resample=3, crop_size={"height": image_size, "width": image_size},
                           do_center_crop=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(tmp)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+MMVP_IMAGE_FOLDER = "MLLM_VLM Images"  # the official code's and the HF repo's name (the README says otherwise)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -149,7 +150,7 @@ def winoground(root: str | Path) -> Pairs:
     return out
 
 
-def mmvp_vlm(root: str | Path, image_folder: str = "MLLM_VLM Images") -> Pairs:
+def mmvp_vlm(root: str | Path, image_folder: str = MMVP_IMAGE_FOLDER) -> Pairs:
     """Consecutive Questions.csv rows form a pair (odd id: image 1, even id: image 2); both images
     come from the first row's Type folder, as the official script does. The statement is prefixed
     with "a photo of " (official prompt)."""
@@ -172,3 +173,24 @@ def mmvp_vlm(root: str | Path, image_folder: str = "MLLM_VLM Images") -> Pairs:
         out.captions1.append("a photo of " + b["Statement"])
         out.groups.append(a["Type"])
     return out
+
+
+# Keys of an eval_tasks entry that choose its texts only (class names, prompts): its image features
+# do not depend on them.
+TEXT_ONLY_KEYS = ("classnames", "templates")
+
+
+def task_files(spec: dict) -> list[str]:
+    """The files and folders an ``eval_tasks:`` entry reads (its jobs' inputs). Torch-free, so the
+    Snakefile can import it."""
+    kind, root = spec["kind"], spec.get("root", "")
+    if kind == "zeroshot":
+        return [spec["folder"] if "folder" in spec else spec["csv"]]
+    if kind == "retrieval":
+        return [spec["annotations"], spec["images"]]
+    if kind == "winoground":
+        return [f"{root}/examples.jsonl", f"{root}/images"]
+    if kind == "mmvp":
+        return [f"{root}/Questions.csv", f"{root}/{MMVP_IMAGE_FOLDER}"]
+    raise EvalDataError(f"unknown evaluation kind {kind!r}; choose zeroshot, retrieval, winoground or mmvp")
+

@@ -1,7 +1,8 @@
 """MMVP-VLM (Tong et al. 2024), the official rule: for a pair of images and their two statements,
 each statement picks image 1 iff its score with image 1 is strictly greater (a tie picks image 2,
 as the official softmax > 0.5 test does). A pair counts only if both statements pick their own
-image. Accuracy per visual pattern, and the mean over patterns.
+image. Accuracy per visual pattern, and ``average`` = the mean over patterns (fractions; SAIL and
+the paper print percentages). Chance: 1/4 per pair.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+
+from sailflow.evaluate.datasets import Pairs
+from sailflow.evaluate.winoground import pair_scores
 
 
 def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
@@ -21,4 +25,9 @@ def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
     for ok, p in zip(correct.tolist(), patterns):
         by[p].append(ok)
     per = {p: sum(v) / len(v) for p, v in by.items()}
-    return {"patterns": per, "average": sum(per.values()) / len(per), "pairs": int(s.shape[0])}
+    return {"average": sum(per.values()) / len(per), **{f"pattern/{p}": v for p, v in per.items()}}
+
+
+def evaluate(model, data: Pairs) -> dict:
+    return {"metrics": mmvp_scores(pair_scores(model, data), data.groups),
+            "counts": {"pairs": len(data.images0), "patterns": len(set(data.groups))}, "chance": {"average": 0.25}}

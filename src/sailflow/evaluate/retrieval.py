@@ -2,18 +2,20 @@
 
 ``scores[t, i]`` = similarity of caption t and image i; ``text_image[t]`` = the image of caption t
 (images may have different numbers of captions). A query is a hit at k if *any* of its positives
-is among its top k:
-    text_to_image_R@k   one query per caption, its one image among all images
-                        (CLIP_benchmark's ``image_retrieval_recall@k``)
-    image_to_text_R@k   one query per image, any of its captions among all captions
-                        (CLIP_benchmark's ``text_retrieval_recall@k``)
+is among its top k. CLIP_benchmark's names (fractions):
+    image_retrieval_recall@k   text -> image: one query per caption, its one image among all images
+    text_retrieval_recall@k    image -> text: one query per image, any of its captions among all captions
+("image retrieval" = images are retrieved; the caption is the query.)
 Ties: the lower index ranks first.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from sailflow.evaluate.datasets import Retrieval
 from sailflow.evaluate.ranking import topk_indices
 
 
@@ -25,10 +27,42 @@ def retrieval_metrics(scores: torch.Tensor, text_image: torch.Tensor, ks=(1, 5, 
     kmax = max(ks)
     t2i = topk_indices(scores, kmax) == text_image[:, None]  # [T, k]
     positives = text_image[None, :] == torch.arange(n_images)[:, None]  # [I, T]
-    top_t = topk_indices(scores.T, kmax)  # [I, k] caption indices
-    i2t = torch.gather(positives, 1, top_t)
+    i2t = torch.gather(positives, 1, topk_indices(scores.T, kmax))  # [I, k]
     for k in ks:
-        out[f"text_to_image_R@{k}"] = float(t2i[:, :k].any(1).float().mean())
-        out[f"image_to_text_R@{k}"] = float(i2t[:, :k].any(1).float().mean())
-    out.update(images=int(n_images), captions=int(n_texts))
+        out[f"image_retrieval_recall@{k}"] = float(t2i[:, :k].any(1).float().mean())
+    for k in ks:
+        out[f"text_retrieval_recall@{k}"] = float(i2t[:, :k].any(1).float().mean())
+    return out
+
+
+def chance(text_image: torch.Tensor, n_images: int, ks=(1, 5, 10)) -> dict:
+    """Expected recall of a random ranking: k/I for text->image; for image->text, 1 minus the
+    probability that none of an image's n captions is among k drawn from all T, averaged."""
+    n_texts = len(text_image)
+    per_image = torch.bincount(text_image, minlength=n_images).tolist()
+    out = {f"image_retrieval_recall@{k}": min(k, n_images) / n_images for k in ks}
+    for k in ks:
+        miss = [math.prod((n_texts - n - j) / (n_texts - j) for j in range(min(k, n_texts))) for n in per_image]
+        out[f"text_retrieval_recall@{k}"] = 1 - sum(miss) / n_images
+    return out
+
+
+def evaluate(model, data: Retrieval, ks=(1, 5, 10), examples: int = 0) -> dict:
+    """Score ``model`` on a retrieval set. ``examples`` > 0 adds that many images (spread over the
+    set) with their captions and their top-3 retrieved captions, for the report."""
+    image_emb = model.encode_image(data.images)
+    text_emb = model.encode_text(data.captions)
+    scores = text_emb.float() @ image_emb.float().T
+    text_image = torch.as_tensor(data.text_image)
+    out = {"metrics": retrieval_metrics(scores, text_image, ks),
+           "counts": {"images": len(data.images), "captions": len(data.captions)},
+           "chance": chance(text_image, len(data.images), ks)}
+    if examples:
+        picks = torch.linspace(0, len(data.images) - 1, min(examples, len(data.images))).round().long().unique().tolist()
+        top = topk_indices(scores.T[picks], 3).tolist()
+        out["examples"] = [
+            {"image": str(data.images[i]), "captions": [c for c, j in zip(data.captions, data.text_image) if j == i],
+             "retrieved": [{"caption": data.captions[t], "score": round(float(scores[t, i]), 4), "correct": data.text_image[t] == i} for t in ts]}
+            for i, ts in zip(picks, top)
+        ]
     return out

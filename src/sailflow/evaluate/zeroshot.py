@@ -2,8 +2,9 @@
 
 Classifier: for each class, embed every prompt (template filled with the class name),
 L2-normalise each prompt embedding, average, L2-normalise the mean. Logits = 100 * normalised
-image embeddings @ classifier (the constant does not change any metric). Metrics: top-1, top-5
-(only with >= 5 classes, else NaN), and mean per-class recall (classes absent from the targets are
+image embeddings @ classifier (the constant does not change any metric). Metrics, with
+CLIP_benchmark's names and as fractions: ``acc1``, ``acc5`` (only with >= 5 classes, else NaN), and
+``mean_per_class_recall`` (sklearn's balanced accuracy: classes absent from the targets are
 skipped). Ties: the lower class index ranks first (see :mod:`sailflow.evaluate.ranking`).
 """
 
@@ -15,20 +16,24 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from sailflow.evaluate.datasets import Classification
+from sailflow.evaluate.prompts import prompts
 from sailflow.evaluate.ranking import topk_indices
+
+
+def classifier_weights(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``prompt_emb``: ``[C * T, D]`` class-major (see :func:`prompts`) -> ``[D, C]`` weights."""
+    e = F.normalize(prompt_emb.float(), dim=-1).reshape(n_classes, -1, prompt_emb.shape[-1])
+    return F.normalize(e.mean(1), dim=-1).T
 
 
 def classifier(class_names: list[str], templates: list[str], encode_text: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
     """``[D, C]`` zero-shot weights; ``templates`` use ``{c}`` (e.g. "a photo of a {c}.")."""
-    cols = []
-    for name in class_names:
-        e = F.normalize(encode_text([t.format(c=name) for t in templates]).float(), dim=-1)
-        cols.append(F.normalize(e.mean(0), dim=-1))
-    return torch.stack(cols, dim=1)
+    return classifier_weights(encode_text(prompts(class_names, templates)), len(class_names))
 
 
 def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Top-1, top-5 and mean per-class recall of ``100 * normalize(image_emb) @ weights``."""
+    """acc1, acc5 and mean per-class recall of ``100 * normalize(image_emb) @ weights``."""
     logits = 100.0 * F.normalize(image_emb.float(), dim=-1) @ weights
     n_classes = logits.shape[1]
     top = topk_indices(logits, 5)
@@ -36,9 +41,17 @@ def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targe
     pred = top[:, 0]
     recalls = [float((pred[targets == c] == c).float().mean()) for c in range(n_classes) if bool((targets == c).any())]
     return {
-        "top1": float(hit[:, :1].any(1).float().mean()),
-        "top5": float(hit[:, :5].any(1).float().mean()) if n_classes >= 5 else math.nan,
+        "acc1": float(hit[:, :1].any(1).float().mean()),
+        "acc5": float(hit[:, :5].any(1).float().mean()) if n_classes >= 5 else math.nan,
         "mean_per_class_recall": sum(recalls) / len(recalls),
-        "images": int(len(targets)),
-        "classes": int(n_classes),
     }
+
+
+def evaluate(model, data: Classification, templates: list[str]) -> dict:
+    """Score ``model`` (``encode_image(paths)``, ``encode_text(strings)``, both ``[N, D]``) on a
+    classification set. Chance: 1/C at top-1 (and min(5, C)/C at top-5) for balanced classes."""
+    weights = classifier(data.class_names, templates, model.encode_text)
+    metrics = classification_metrics(model.encode_image(data.images), weights, torch.as_tensor(data.labels))
+    c = len(data.class_names)
+    return {"metrics": metrics, "counts": {"images": len(data.images), "classes": c, "templates": len(templates)},
+            "chance": {"acc1": 1 / c, "acc5": min(5, c) / c if c >= 5 else math.nan, "mean_per_class_recall": 1 / c}}

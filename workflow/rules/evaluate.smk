@@ -1,0 +1,81 @@
+# Evaluation: backbone features of each evaluation set (once per task and backbone, shared by all
+# runs), then each run's head over them: one JSON per (run, task), merged into results/{run}/eval.json.
+
+
+rule eval_image_features:
+    input:
+        data=eval_data_inputs,
+        model=backbone_build_input("vision"),
+    output:
+        "results/eval/{task}/image/{vision}.safetensors",
+    params:
+        task=eval_task_image_spec,
+        backbone=backbone_spec("vision"),
+        dtype=config["encode"]["dtype"],
+    threads: config["encode"]["workers"]
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("vision"),
+    log:
+        "logs/eval/{task}/image/{vision}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/eval_features.py"
+
+
+rule eval_text_features:
+    input:
+        data=eval_data_inputs,
+        model=backbone_build_input("text"),
+    output:
+        "results/eval/{task}/text/{text}.safetensors",
+    params:
+        task=eval_task_spec,
+        backbone=backbone_spec("text"),
+        dtype=config["encode"]["dtype"],
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("text"),
+    log:
+        "logs/eval/{task}/text/{text}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/eval_features.py"
+
+
+rule evaluate:
+    input:
+        unpack(eval_features),
+        head="results/{run}/align/head.safetensors",
+        config="results/{run}/align/config.json",
+        data=eval_data_inputs,
+    output:
+        "results/{run}/eval/{task}.json",
+    params:
+        task=eval_task_spec,
+        settings=eval_settings,
+    log:
+        "logs/{run}/eval/{task}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule eval_summary:
+    input:
+        tasks=run_eval_results,
+        align="results/{run}/align/config.json",
+        manifests=run_manifests,
+    output:
+        "results/{run}/eval.json",
+    params:
+        fingerprint=run_fingerprint,
+    log:
+        "logs/{run}/eval_summary.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/eval_summary.py"

@@ -1,0 +1,33 @@
+"""Score one run on one evaluation task: the run's head over the task's stored backbone features."""
+
+from pathlib import Path
+
+from sailflow.align.train import load_head
+from sailflow.evaluate import tasks
+from sailflow.evaluate.features import HeadOverFeatures, load_features
+from sailflow.io import read_json, write_json
+from sailflow.logs import log_to
+
+
+def main(smk):
+    log_to(smk.log[0])
+    task, run, spec, settings = smk.wildcards.task, smk.wildcards.run, smk.params.task, smk.params.settings
+    data = tasks.load(spec, task)
+    images, texts = tasks.images_of(data), tasks.texts_of(spec, data, task)
+    model = HeadOverFeatures(load_head(Path(smk.input.head).parent), images, load_features(smk.input.image, images),
+                             texts, load_features(smk.input.text, texts))
+    result = tasks.run(model, spec, data, task, **settings)
+    align = read_json(smk.input.config)
+    # CLIP_benchmark's result layout (dataset, model, pretrained, task, metrics, language), plus ours.
+    write_json(smk.output[0], {
+        "dataset": task, "model": run, "pretrained": smk.input.head, "task": tasks.CLIP_BENCHMARK_TASK[spec["kind"]],
+        "metrics": result["metrics"], "language": "en",
+        "kind": spec["kind"], "counts": result["counts"], "chance": result["chance"], "tie_rule": tasks.TIE_RULES[spec["kind"]],
+        "vision": align["vision"], "text": align["text"], "spec": spec,
+        **({"examples": result["examples"]} if "examples" in result else {}),
+    })
+    print(f"{run} / {task}: {result['metrics']}")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

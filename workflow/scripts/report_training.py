@@ -1,0 +1,15 @@
+"""Plot a run's training loss curve for the report."""
+
+from pathlib import Path
+
+from sailflow.logs import log_to
+from sailflow.report import plot_loss
+
+
+def main(smk):
+    log_to(smk.log[0])
+    plot_loss(Path(smk.input[0]).parent / "train_log.jsonl", smk.output[0], f"{smk.wildcards.run}: alignment training")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
