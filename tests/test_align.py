@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sailflow.align.heads import AlignmentHead, StarMLP
-from sailflow.align.loader import BatchSampler, EmbeddingPairs
+from sailflow.align.loader import BatchSampler, EmbeddingPairs, prefetch
 from sailflow.align.losses import ClipLoss, SigLipLoss
 from sailflow.align.optim import Lion, lr_at, param_groups
 from sailflow.embeddings import open_embeddings, save_embeddings
@@ -193,6 +193,25 @@ def test_loader_gathers_rows_and_partitions_batches(tmp_path):
     halves = [BatchSampler(len(pairs), 8, seed=3, rank=r, world=2).indices(1) for r in (0, 1)]
     assert np.array_equal(np.concatenate(halves), s.indices(1))
     assert len(EmbeddingPairs(f["image"], f["text"], subset=10, seed=0)) == 10
+
+
+def test_batches_are_gathered_into_reused_buffers_and_prefetched_unchanged(tmp_path):
+    f = _chunks(tmp_path, [7, 5, 9], missing={3, 15})
+    pairs = EmbeddingPairs(f["image"], f["text"], f["extra"])
+    buf = pairs.empty_batch(8)
+    b = pairs.gather(np.array([20, 0, 8, 7, 14]), out=buf)  # no new memory: views of the buffer
+    assert b.image.data_ptr() == buf.image.data_ptr() and b.extra.data_ptr() == buf.extra.data_ptr() and len(b.image) == 5
+    fresh = pairs.gather(np.array([20, 0, 8, 7, 14]))
+    for x, y in ((b.image, fresh.image), (b.text, fresh.text), (b.extra, fresh.extra), (b.extra_mask, fresh.extra_mask)):
+        assert torch.equal(x, y)
+    sampler = BatchSampler(len(pairs), 4, seed=1)
+    seen, ptrs = [], set()
+    for step, batch in prefetch(pairs, sampler, 1, 9, depth=2):  # each batch checked before the next is asked for
+        want = pairs.gather(pairs.rows[sampler.indices(step)])
+        assert torch.equal(batch.image, want.image) and torch.equal(batch.extra_mask, want.extra_mask)
+        seen.append(step)
+        ptrs.add(batch.image.data_ptr())
+    assert seen == list(range(1, 9)) and len(ptrs) == 4  # depth + 2 buffers, reused round-robin
 
 
 def _train_script(tmp_path, out, steps_sleep=0.0):

@@ -84,7 +84,7 @@ class EmbeddingFile:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.meta.get("dtype") == "bfloat16" else torch.from_numpy(self.embeddings[:0]).dtype
+        return torch.bfloat16 if self.meta.get("dtype") == "bfloat16" else torch.from_numpy(np.empty(0, self.embeddings.dtype)).dtype
 
     def rows(self, idx, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``idx`` (an index array or a slice) as a new torch tensor of the stored dtype, or

@@ -3,9 +3,10 @@
 All chunk files of all datasets of a run form one index space (row g lives in file f at row
 g - offset[f]). Each epoch is one permutation of the usable rows, seeded by (seed, epoch), so a
 batch is a pure function of (epoch, batch index): resuming needs only the step number. A batch is
-gathered with one fancy-indexing read per chunk file it touches (never per sample), in a
-background thread that keeps ``prefetch`` batches ready (pinned when training on GPU). Memory does
-not grow with the number of samples beyond the memory map and the index arrays.
+gathered with one fancy-indexing read per chunk file it touches (never per sample), straight into
+reused batch buffers, in a background thread that keeps ``depth`` batches ready; for a GPU it also
+copies them to the device on its own CUDA stream from a pinned buffer. Memory does not grow with
+the number of samples beyond the memory map and the index arrays.
 
 Rows whose primary caption is empty are not used; a missing extra caption is masked out of the
 extra-positive block.
@@ -61,18 +62,30 @@ class EmbeddingPairs:
         self.rows = np.sort(self.rows[perm[k:]])
         return held
 
-    def gather(self, rows: np.ndarray) -> Batch:
-        """Rows (global indices) as tensors of the stored dtype (cast on the training device).
+    def empty_batch(self, n: int, pin: bool = False) -> Batch:
+        """Buffers for a batch of ``n`` rows (pinned host memory with ``pin``), for :meth:`gather`'s ``out``."""
+        def empty(dim, dtype):
+            return torch.empty(n, dim, dtype=dtype, pin_memory=pin)
+
+        extra = self.extra is not None
+        return Batch(empty(self.vision_dim, self.image[0].dtype), empty(self.text_dim, self.text[0].dtype),
+                     empty(self.text_dim, self.extra[0].dtype) if extra else None,
+                     torch.empty(n, dtype=torch.bool, pin_memory=pin) if extra else None)
+
+    def gather(self, rows: np.ndarray, out: Batch | None = None) -> Batch:
+        """Rows (global indices) as tensors of the stored dtype (cast on the training device),
+        written into ``out`` (from :meth:`empty_batch`; fresh buffers when None).
 
         The rows come back sorted: a batch is a set, and sorted rows make one sequential
         fancy-indexing read per chunk file, concatenated without any per-sample work."""
         rows = np.sort(rows)
         bounds = np.searchsorted(rows, self.offsets)
         n = len(rows)
-        img = torch.empty(n, self.vision_dim, dtype=self.image[0].dtype)
-        txt = torch.empty(n, self.text_dim, dtype=self.text[0].dtype)
-        ext = torch.empty(n, self.text_dim, dtype=self.extra[0].dtype) if self.extra is not None else None
-        mask = torch.ones(n, dtype=torch.bool) if self.extra is not None else None
+        b = out if out is not None else self.empty_batch(n)
+        img, txt, ext, mask = b.image[:n], b.text[:n], b.extra[:n] if b.extra is not None else None, b.extra_mask
+        if mask is not None:
+            mask = mask[:n]
+            mask.fill_(True)
         for f in np.flatnonzero(bounds[1:] > bounds[:-1]):
             lo, hi = bounds[f], bounds[f + 1]
             local = rows[lo:hi] - self.offsets[f]
@@ -108,20 +121,36 @@ class BatchSampler:
         return batch[self.rank * share : (self.rank + 1) * share]
 
 
-def prefetch(pairs: EmbeddingPairs, sampler: BatchSampler, start: int, stop: int, depth: int = 2, pin: bool = False):
-    """Yield ``(step, Batch)`` for steps [start, stop), gathered ``depth`` batches ahead in a thread."""
+def _to_device(b: Batch, device: torch.device, stream) -> Batch:
+    """Copy a (pinned) batch to ``device`` on ``stream`` and wait for it, so its buffers can be reused."""
+    with torch.cuda.stream(stream):
+        out = Batch(*(t.to(device, non_blocking=True) if t is not None else None for t in (b.image, b.text, b.extra, b.extra_mask)))
+    stream.synchronize()
+    return out
+
+
+def prefetch(pairs: EmbeddingPairs, sampler: BatchSampler, start: int, stop: int, depth: int = 2, device: str | torch.device = "cpu"):
+    """Yield ``(step, Batch)`` for steps [start, stop), gathered ``depth`` batches ahead in a thread.
+
+    On the CPU the batches live in ``depth + 2`` reused buffers: a batch is valid until the next
+    one is asked for (the training step is done with it by then). For a CUDA device the thread
+    gathers into one pinned buffer, copies it to the device on a stream of its own and yields
+    device tensors, so the training thread never waits for a host-to-device copy."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    share = sampler.batch_size // sampler.world
+    ring = [pairs.empty_batch(share, pin=cuda) for _ in range(1 if cuda else depth + 2)]
+    stream = torch.cuda.Stream(device) if cuda else None
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = threading.Event()
 
     def work():
         try:
-            for step in range(start, stop):
+            for n, step in enumerate(range(start, stop)):
                 if done.is_set():
                     return
-                b = pairs.gather(pairs.rows[sampler.indices(step)])
-                if pin:
-                    b = Batch(*(t.pin_memory() if t is not None else None for t in (b.image, b.text, b.extra, b.extra_mask)))
-                q.put((step, b))
+                b = pairs.gather(pairs.rows[sampler.indices(step)], out=ring[n % len(ring)])
+                q.put((step, _to_device(b, device, stream) if cuda else b))
             q.put(None)
         except BaseException as e:  # surface loader errors in the training loop
             q.put(e)
@@ -132,6 +161,10 @@ def prefetch(pairs: EmbeddingPairs, sampler: BatchSampler, start: int, stop: int
         while (item := q.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
+            if cuda:  # allocated on the copy stream, used on the training stream
+                for x in (item[1].image, item[1].text, item[1].extra, item[1].extra_mask):
+                    if x is not None:
+                        x.record_stream(torch.cuda.current_stream(device))
             yield item
     finally:
         done.set()

@@ -160,14 +160,11 @@ def train(args: dict, log=sys.stderr) -> dict:
         print(f"[align] {len(pairs)} pairs, {sampler.batches_per_epoch} steps/epoch, {total} steps, warmup {warmup}, "
               f"world {world}, device {device}, head params {sum(p.numel() for p in head.parameters()):,}", file=log)
 
-    for step, batch in prefetch(pairs, sampler, step0, total, pin=device.type == "cuda"):
+    for step, batch in prefetch(pairs, sampler, step0, total, device=device):
         lr = lr_at(step, float(s["lr"]), warmup, total)
         for g in opt.param_groups:
             g["lr"] = lr
-        img = batch.image.to(device, non_blocking=True)
-        txt = batch.text.to(device, non_blocking=True)
-        ext = batch.extra.to(device, non_blocking=True) if batch.extra is not None else None
-        mask = batch.extra_mask.to(device, non_blocking=True) if batch.extra_mask is not None else None
+        img, txt, ext, mask = batch.image, batch.text, batch.extra, batch.extra_mask  # on `device` already
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             zi = head.encode_image(img)
             zt = head.encode_text(txt)
