@@ -146,6 +146,8 @@ def prefetch(pairs: EmbeddingPairs, sampler: BatchSampler, start: int, stop: int
 
     def work():
         try:
+            if cuda:  # a new thread starts on device 0: use the training device (as torch's pin-memory thread does)
+                torch.cuda.set_device(device)
             for n, step in enumerate(range(start, stop)):
                 if done.is_set():
                     return
