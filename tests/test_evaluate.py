@@ -178,3 +178,13 @@ def test_head_over_stored_features_equals_the_head_on_the_features(tmp_path):
         load_features(tmp_path / "i.safetensors", ["a.png", "c.png", "b.png"])  # same set, another order
     with pytest.raises(KeyError, match="no stored feature for 'd.png'"):
         m.encode_image(["d.png"])
+
+
+def test_an_unreadable_evaluation_image_is_named(tmp_path):
+    from sailflow.encode import ImageFiles
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(RuntimeError, match=r"bad\.png: cannot read this image"):
+        ImageFiles([tmp_path / "bad.png"], lambda im: im)[0]
+    with pytest.raises(EvalDataError, match="not found"):
+        tasks.load({"kind": "zeroshot", "folder": str(tmp_path / "missing"), "templates": ["a {c}."]})

@@ -273,6 +273,9 @@ for _run in RUNS:
     _check_eval(_run)
 
 
+_WARNED_MISSING = set()  # external evaluation data reported missing (once per path)
+
+
 def eval_data_inputs(wildcards):
     """Inputs of jobs that read a task's data. Data under results/ is made by this workflow (the
     demo sets) and always an input; data elsewhere (ImageNet, COCO, ...) is read where it lies: an
@@ -285,9 +288,6 @@ def eval_data_inputs(wildcards):
             _WARNED_MISSING.add(p)
             logger.warning(f"eval_tasks.{wildcards.task}: {p} does not exist (yet); its evaluation jobs will fail until it does")
     return paths
-
-
-_WARNED_MISSING = set()
 
 
 def eval_task_spec(wildcards):

@@ -190,7 +190,7 @@ def train(args: dict, log=sys.stderr) -> dict:
                                     f"last good state in {state_dir}")
             if rank == 0:
                 rec = {"step": step + 1, "epoch": round((step + 1) / sampler.batches_per_epoch, 4), "loss": float(running) / n_logged,
-                       "lr": lr, "logit_scale": float(head.logit_scale.exp()), "logit_bias": float(head.logit_bias),
+                       "lr": lr, "logit_scale": float(head.logit_scale.detach().exp()), "logit_bias": float(head.logit_bias.detach()),
                        "pairs_per_s": round(n_logged * int(s["batch_size"]) / (time.perf_counter() - t0), 1)}
                 for k in ("positive", "negative", "extra"):
                     if k in out:
