@@ -106,18 +106,21 @@ def retrieval_grid(task_result: dict, out: str | Path, title: str) -> None:
     ex = task_result["examples"]
     cols = 4
     nrows = math.ceil(len(ex) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 4.6 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, e in zip(axes.flat, ex):
+    fig = plt.figure(figsize=(3.6 * cols, 5.4 * nrows))
+    grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[3, 2.4] * nrows)
+    for n, e in enumerate(ex):
+        r, c = divmod(n, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
         with Image.open(e["image"]) as im:
             ax.imshow(im.convert("RGB"))
-        y = -0.04
-        for n, r in enumerate(e["retrieved"]):
-            text = textwrap.shorten(f"{n + 1}. {r['caption']}", 110, placeholder=" ...")
-            ax.text(0.0, y, textwrap.fill(text, 52), transform=ax.transAxes, fontsize=7.5, va="top",
-                    color="green" if r["correct"] else "firebrick")
-            y -= 0.085 * (1 + len(text) // 52)
+        ax.axis("off")
+        txt = fig.add_subplot(grid[2 * r + 1, c])
+        txt.axis("off")
+        y = 1.0
+        for k, hit in enumerate(e["retrieved"]):
+            text = textwrap.fill(textwrap.shorten(f"{k + 1}. {hit['caption']}", 100, placeholder=" ..."), 44)
+            txt.text(0.0, y, text, transform=txt.transAxes, fontsize=8, va="top", color="green" if hit["correct"] else "firebrick")
+            y -= 0.11 * (text.count("\n") + 1) + 0.04
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -27,9 +27,10 @@ TIE_RULES = {
     "winoground": "strict >: a tie counts as wrong",
     "mmvp": "strict >: a tied statement picks image 2 (the official softmax > 0.5 test)",
 }
-# CLIP_benchmark's task names, for result files that `clip_benchmark build` can read.
+# The "task" field of result files: CLIP_benchmark's names where its metrics are ours (so
+# `clip_benchmark build` reads them); Winoground and MMVP-VLM keep their official metric names.
 CLIP_BENCHMARK_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
-                       "winoground": "image_caption_selection", "mmvp": "mmvp_vlm"}
+                       "winoground": "winoground", "mmvp": "mmvp_vlm"}
 
 
 def load(spec: dict, name: str = "task"):
