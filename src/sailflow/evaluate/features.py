@@ -3,7 +3,7 @@
 Evaluating a run is backbone (frozen, expensive) then head (small). The backbone part depends on
 the task and the backbone only, so it is computed once per (task, backbone) and shared by every run
 and every retrained head: ``results/eval/{task}/image/{vision}.safetensors`` and
-``.../text/{text}.safetensors``. Rows follow :func:`sailflow.evaluate.tasks.inputs`; the file
+``.../text/{text}.safetensors``. Rows follow ``tasks.images_of`` / ``tasks.texts_of``; the file
 records a hash of its keys (image paths or texts), so features are never looked up by a stale order.
 """
 
