@@ -56,6 +56,8 @@ rule evaluate:
     params:
         task=eval_task_spec,
         settings=eval_settings,
+    resources:
+        gpu=1,
     log:
         "logs/{run}/eval/{task}.log",
     conda:

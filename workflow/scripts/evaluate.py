@@ -5,17 +5,19 @@ from pathlib import Path
 from sailflow.align.train import load_head
 from sailflow.evaluate import tasks
 from sailflow.evaluate.features import HeadOverFeatures, load_features
+from sailflow.gpu import claim_devices
 from sailflow.io import read_json, write_json
 from sailflow.logs import log_to
 
 
 def main(smk):
     log_to(smk.log[0])
+    claim = claim_devices(1)  # the head over 50k ImageNet images / 80k prompts is quicker on a GPU
     task, run, spec, settings = smk.wildcards.task, smk.wildcards.run, smk.params.task, smk.params.settings
     data = tasks.load(spec, task)
     images, texts = tasks.images_of(data), tasks.texts_of(spec, data, task)
     model = HeadOverFeatures(load_head(Path(smk.input.head).parent), images, load_features(smk.input.image, images),
-                             texts, load_features(smk.input.text, texts))
+                             texts, load_features(smk.input.text, texts), device=claim.device)
     result = tasks.run(model, spec, data, task, **settings)
     align = read_json(smk.input.config)
     # CLIP_benchmark's result layout (dataset, model, pretrained, task, metrics, language), plus ours.
