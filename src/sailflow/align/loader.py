@@ -82,10 +82,9 @@ class EmbeddingPairs:
         bounds = np.searchsorted(rows, self.offsets)
         n = len(rows)
         b = out if out is not None else self.empty_batch(n)
-        img, txt, ext, mask = b.image[:n], b.text[:n], b.extra[:n] if b.extra is not None else None, b.extra_mask
-        if mask is not None:
-            mask = mask[:n]
-            mask.fill_(True)
+        img, txt = b.image[:n], b.text[:n]
+        ext = b.extra[:n] if b.extra is not None else None
+        mask = b.extra_mask[:n].fill_(True) if b.extra_mask is not None else None
         for f in np.flatnonzero(bounds[1:] > bounds[:-1]):
             lo, hi = bounds[f], bounds[f + 1]
             local = rows[lo:hi] - self.offsets[f]
