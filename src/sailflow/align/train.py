@@ -7,14 +7,14 @@ processes, and parameter gradients are summed, so the update is that of one batc
 
 Every ``checkpoint_every`` steps the complete training state (head, optimizer, step, RNG) is
 written atomically to ``<out_dir>/state/``; a restarted job continues from it exactly (the batch
-order is a function of the step). The state remembers the settings fingerprint and is ignored if
-the settings changed. Non-finite losses are caught without a per-step host sync: a device-side
+order is a function of the step). A state is resumed only by the very same run, unfinished: same
+settings, same embedding files (unchanged since, see :mod:`sailflow.resume`), same process count;
+otherwise training starts fresh and the log says why. A finished run removes its state. Non-finite losses are caught without a per-step host sync: a device-side
 flag records the first bad step and is read at every log interval.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -32,6 +32,7 @@ from sailflow.align.losses import LOSSES
 from sailflow.align.optim import lr_at, make_optimizer
 from sailflow.embeddings import open_chunks
 from sailflow.io import atomic_path, read_json, write_json
+from sailflow.resume import finish_state, prepare_state, run_identity
 
 RUNTIME_KEYS = {"log_every", "checkpoint_every"}  # do not change the result: a resume may change them
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,10 +40,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def settings_fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer, names: dict) -> dict[str, torch.Tensor]:
@@ -68,8 +65,9 @@ def save_state(state_dir: Path, head, opt, step: int, fingerprint: str, log_line
 
 
 def load_state(state_dir: Path, head, opt, fingerprint: str, log=sys.stderr) -> tuple[int, int, float, int]:
-    """Restore the state if it exists and matches ``fingerprint``; return
-    (step, log lines to keep, running loss sum, steps in it)."""
+    """Restore the state if it exists and matches ``fingerprint`` (of the run's identity, which
+    :func:`sailflow.resume.prepare_state` has checked); return (step, log lines to keep, running
+    loss sum, steps in it)."""
     path = state_dir / "state.safetensors"
     fresh = (0, 0, 0.0, 0)
     if not path.exists():
@@ -79,7 +77,7 @@ def load_state(state_dir: Path, head, opt, fingerprint: str, log=sys.stderr) -> 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     if meta.get("fingerprint") != fingerprint:
-        print(f"[align] ignoring {path}: written with other settings", file=log)
+        print(f"[align] starting fresh: {path} was written by another run", file=log)
         return fresh
     t = load_file(str(path))
     head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
@@ -138,7 +136,13 @@ def train(args: dict, log=sys.stderr) -> dict:
                          logit_scale=float(s["logit_scale"]), logit_bias=float(s["logit_bias"])).to(device)
     opt = make_optimizer(head, s["optimizer"], float(s["lr"]), float(s["weight_decay"]), s["betas"], bool(s["decay_all"]))
     loss_fn = LOSSES[s["loss"]]()
-    fp = settings_fingerprint({"settings": {k: v for k, v in s.items() if k not in RUNTIME_KEYS}, "image": args["image"], "text": args["text"], "extra": args.get("extra", []), "world": world})
+    identity = run_identity({k: v for k, v in s.items() if k not in RUNTIME_KEYS},
+                            {label: args.get(label) or [] for label in ("image", "text", "extra", "samples")}, world=world)
+    fp = json.dumps(identity, sort_keys=True)
+    if rank == 0:
+        prepare_state(state_dir, identity, log, name="align")
+    if world > 1:
+        dist.barrier()  # the other ranks read the state rank 0 has vetted
     step0, log_lines, running0, n_logged = load_state(state_dir, head, opt, fp, log)
     if world > 1:  # every rank starts from rank 0's parameters
         for p in head.parameters():
@@ -215,6 +219,7 @@ def train(args: dict, log=sys.stderr) -> dict:
         result["holdout"] = holdout_retrieval(head, pairs, held, device)
     if rank == 0:
         write_head(out_dir, head, {**args.get("meta", {}), "settings": s, **result, "world": world})
+        finish_state(state_dir)  # finished: a rerun (new inputs, --forcerun) trains from scratch
     if dist.is_initialized():
         dist.barrier()
     return result

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sailflow.backbones.spec import BackboneError, resolve_path
-
-HF_POOLINGS = ("mean", "cls", "last")
+from sailflow.backbones.spec import POOLINGS, BackboneError, check_spec, hub_kwargs, resolve_path
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -30,7 +28,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
             return hidden[:, -1]
         idx = mask.sum(1).long() - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    raise BackboneError(f"unknown text pooling {pooling!r}; choose one of {HF_POOLINGS}")
+    raise BackboneError(f"unknown text pooling {pooling!r}; choose one of {POOLINGS['text', 'hf']}")
 
 
 class TextBackbone(torch.nn.Module):
@@ -38,7 +36,7 @@ class TextBackbone(torch.nn.Module):
         super().__init__()
         self.name, self.spec, self.model, self.tokenizer = name, spec, model, tokenizer
         self.family = spec["family"]
-        self.pooling = spec.get("pooling", {"hf": "mean", "clip": "pooler", "open_clip": "projected", "nv_embed": "latent"}[self.family])
+        self.pooling = spec["pooling"]
         self.max_length = int(spec.get("max_length", 512))
         self.device = torch.device(device)
 
@@ -56,9 +54,11 @@ class TextBackbone(torch.nn.Module):
 
 
 def load_text(name: str, spec: dict, device: str | torch.device = "cpu") -> TextBackbone:
-    """Load the text backbone ``name`` described by ``spec`` (a ``backbones:`` config entry)."""
-    family, path = spec["family"], resolve_path(spec["path"])
-    trust = bool(spec.get("trust_remote_code", False))
+    """Load the text backbone ``name`` described by ``spec`` (a ``backbones:`` config entry, with
+    its ``pooling`` filled in by the config schema)."""
+    spec = {**spec, "kind": spec.get("kind", "text")}
+    check_spec(name, spec)
+    family, path, kw = spec["family"], resolve_path(spec["path"], spec.get("revision")), hub_kwargs(spec)
     if family == "open_clip":
         import open_clip
 
@@ -67,11 +67,9 @@ def load_text(name: str, spec: dict, device: str | torch.device = "cpu") -> Text
     else:
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
-        if family == "hf" and spec.get("pooling", "mean") not in HF_POOLINGS:
-            raise BackboneError(f"backbones.{name}.pooling must be one of {HF_POOLINGS}")
         cls = CLIPTextModel if family == "clip" else AutoModel
-        model = cls.from_pretrained(path, trust_remote_code=trust)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        model = cls.from_pretrained(path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         if family == "nv_embed" and not hasattr(model, "encode"):
             raise BackboneError(f"backbones.{name}: family nv_embed needs a model with its own encode() (trust_remote_code: true)")
     model.eval().requires_grad_(False).to(device)

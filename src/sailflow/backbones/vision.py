@@ -20,9 +20,7 @@ from functools import partial
 
 import torch
 
-from sailflow.backbones.spec import BackboneError, resolve_path
-
-DINOV2_POOLINGS = ("cls", "patch", "concat", "tokens", "tokens_cls")
+from sailflow.backbones.spec import BackboneError, check_spec, hub_kwargs, resolve_path
 
 
 def _hf_preprocess(processor, img):
@@ -35,7 +33,7 @@ class VisionBackbone(torch.nn.Module):
         self.name, self.spec, self.model = name, spec, model
         self.preprocess = preprocess
         self._forward = forward
-        self.pooling = spec.get("pooling", "pooler")
+        self.pooling = spec["pooling"]
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -65,25 +63,24 @@ def _open_clip_forward(model, x):
 
 
 def load_vision(name: str, spec: dict, device: str | torch.device = "cpu") -> VisionBackbone:
-    """Load the vision backbone ``name`` described by ``spec`` (a ``backbones:`` config entry)."""
-    family, path = spec["family"], resolve_path(spec["path"])
-    trust = bool(spec.get("trust_remote_code", False))
+    """Load the vision backbone ``name`` described by ``spec`` (a ``backbones:`` config entry, with
+    its ``pooling`` filled in by the config schema)."""
+    spec = {**spec, "kind": spec.get("kind", "vision")}
+    check_spec(name, spec)
+    family, path, kw = spec["family"], resolve_path(spec["path"], spec.get("revision")), hub_kwargs(spec)
     if family == "dinov2":
         from transformers import AutoImageProcessor, AutoModel
 
-        pooling = spec.get("pooling", "concat")
-        if pooling not in DINOV2_POOLINGS:
-            raise BackboneError(f"backbones.{name}.pooling must be one of {DINOV2_POOLINGS}, not {pooling!r}")
-        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", trust_remote_code=trust)
-        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust)
+        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", **kw)
+        processor = AutoImageProcessor.from_pretrained(path, **kw)
         n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
-        forward = partial(_dinov2_forward, pooling, n_reg)
+        forward = partial(_dinov2_forward, spec["pooling"], n_reg)
         preprocess = partial(_hf_preprocess, processor)
     elif family == "clip":
         from transformers import AutoImageProcessor, CLIPVisionModel
 
-        model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa")
-        preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path))
+        model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa", **kw)
+        preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path, **kw))
         forward = _clip_forward
     elif family == "open_clip":
         import open_clip
