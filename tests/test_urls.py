@@ -29,7 +29,7 @@ def test_dreamlip_multiline_captions_and_drops(tmp_path):
             ("http://a/1.jpg", "again", "dup", "dup"),  # duplicate URL
             ("", "no url", "x", "x"),
             ("ftp://a/3.jpg", "ftp", "x", "x"),
-            ("http://a/4.jpg", "NaN", " ", ""),  # no caption in any source
+            ("http://a/4.jpg", "", " ", ""),  # no caption in any source
             ("  http://a/5.jpg  ", "five", "5", "5"),  # surrounding spaces trimmed
         ],
     )
@@ -107,3 +107,98 @@ def test_split_is_contiguous_and_complete(tmp_path):
     counts = split_table(src, outs)
     assert sum(counts) == 10 and counts.count(0) == 2
     assert pq.ParquetFile(outs[0]).schema_arrow.names == ["sample_id", "url", "c"]
+
+
+# ---- malformed rows, quotes and literal captions (issue 9: items 2, 3, 10) --------------------------
+
+
+def _lines(path, text, gz=False):
+    import gzip
+
+    data = text.encode("utf-8")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def test_tsv_has_no_quoting_one_line_is_one_row(tmp_path):
+    src = _lines(
+        tmp_path / "t.tsv",
+        "url\tcaption\n"
+        "http://a/1\tplain\n"
+        'http://a/2\t"quoted start\n'  # an opening quote with no closing one
+        "http://a/3\tthree\n"
+        'http://a/4\ta 12" vinyl\n'
+        'http://a/5\t"fully quoted"\n',
+    )
+    rep = normalize_table(src, tmp_path / "o.parquet", dataset="d", url_column="url", caption_sources=["caption"])
+    df = pd.read_parquet(tmp_path / "o.parquet")
+    assert rep.input_rows == 5 and rep.kept_rows == 5 and not rep.dropped
+    assert df["sample_id"].tolist() == [0, 1, 2, 3, 4]
+    assert df["caption"].tolist() == ["plain", '"quoted start', "three", 'a 12" vinyl', '"fully quoted"']
+
+
+def test_csv_unmatched_quote_is_a_counted_bad_row_not_swallowed_rows(tmp_path):
+    text = (
+        "url,caption\n"
+        "http://a/1,one\n"
+        'http://a/2,"quoted start\n'  # line 3: the quote never closes
+        "http://a/3,three\n"
+        'http://a/4,"a caption\nover two lines"\n'  # a real multi-line caption: one row
+        "http://a/5,five\n"
+    )
+    for gz in (False, True):
+        src = _lines(tmp_path / ("t.csv.gz" if gz else "t.csv"), text, gz=gz)
+        out = tmp_path / "o.parquet"
+        rep = normalize_table(src, out, dataset="d", url_column="url", caption_sources=["caption"])
+        df = pd.read_parquet(out)
+        assert rep.input_rows == 5 and rep.kept_rows == 4
+        assert dict(rep.dropped) == {"bad_row": 1}
+        assert [b["line"] for b in rep.bad_rows] == [3]
+        assert "quote" in rep.bad_rows[0]["problem"] and "line 4" in rep.bad_rows[0]["problem"]
+        assert df["sample_id"].tolist() == [0, 2, 3, 4]  # the bad row keeps its id: later ids are stable
+        assert df["caption"].tolist() == ["one", "three", "a caption\nover two lines", "five"]
+        assert rep.to_dict()["bad_rows"] == rep.bad_rows
+
+    with pytest.raises(TableError, match=r"t\.csv, line 3: .*quote.*on_bad_row: drop"):
+        normalize_table(tmp_path / "t.csv", tmp_path / "e.parquet", dataset="d", url_column="url",
+                        caption_sources=["caption"], on_bad_row="error")
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_dreamlip_row_with_extra_column_is_a_counted_drop_with_its_line(tmp_path):
+    src = tmp_path / "cc3m.csv"
+    _dreamlip(src, [(f"http://a/{i}.jpg", f"raw {i}", "s", "long\ncaption") for i in range(4)])
+    # append a row with 9 fields (one too many) and a good row after it
+    with open(src, "a", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["http://a/bad.jpg", "raw bad", "ib", "ib long", "s", "l", "lla", "lla long", "extra"])
+        w.writerow(["http://a/5.jpg", "raw 5", "ib", "ib long", "s", "l", "lla", "lla long"])
+    kw = dict(dataset="cc3m", url_column="Image Path", caption_sources=["raw_caption", "longSV_captions"], fmt="dreamlip")
+    rep = normalize_table(src, tmp_path / "o.parquet", **kw)
+    df = pd.read_parquet(tmp_path / "o.parquet")
+    # header = line 1; each of the four rows spans two lines (2-3, 4-5, 6-7, 8-9); the bad row is line 10
+    assert rep.bad_rows == [{"line": 10, "problem": "9 fields, expected 8"}]
+    assert rep.input_rows == 6 and rep.kept_rows == 5 and dict(rep.dropped) == {"bad_row": 1}
+    assert df["sample_id"].tolist() == [0, 1, 2, 3, 5]
+    assert df["raw_caption"].tolist()[-1] == "raw 5"
+
+    with pytest.raises(TableError, match=r"cc3m\.csv, line 10: 9 fields, expected 8"):
+        normalize_table(src, tmp_path / "e.parquet", on_bad_row="error", **kw)
+
+
+def test_captions_none_na_are_text_only_empty_is_missing(tmp_path):
+    words = ["None", "NA", "N/A", "null", "nan", "NaN"]
+    rows = [(f"http://a/{i}", w) for i, w in enumerate(words)] + [("http://a/e", "   "), ("None", "a url named None")]
+    src = tmp_path / "t.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("url", "caption"), *rows])
+    rep = normalize_table(src, tmp_path / "o.parquet", dataset="d", url_column="url", caption_sources=["caption"])
+    df = pd.read_parquet(tmp_path / "o.parquet")
+    assert df["caption"].tolist() == words
+    assert dict(rep.dropped) == {"no_caption": 1, "bad_scheme": 1}  # "None" as a URL is not an empty URL
+
+    pq_src = tmp_path / "t.parquet"
+    pd.DataFrame({"url": ["http://a/1", "http://a/2", "http://a/3", None], "caption": ["None", None, "", "x"]}).to_parquet(pq_src)
+    rep = normalize_table(pq_src, tmp_path / "p.parquet", dataset="d", url_column="url", caption_sources=["caption"])
+    assert pd.read_parquet(tmp_path / "p.parquet")["caption"].tolist() == ["None"]
+    assert dict(rep.dropped) == {"no_caption": 2, "empty_url": 1}

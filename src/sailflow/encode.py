@@ -22,9 +22,9 @@ from tqdm import tqdm
 from sailflow.backbones import fingerprint
 from sailflow.data.images import decode_rgb
 from sailflow.data.shards import read_sample_bytes
+from sailflow.dtypes import DTYPES
 from sailflow.embeddings import save_embeddings
 
-_STORE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def chunk_meta(backbone, dataset: str, chunk: str) -> dict:
@@ -74,7 +74,7 @@ class ImageFiles(Dataset):
 
 def _autocast(device: torch.device, dtype: str):
     if device.type == "cuda" and dtype in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=_STORE[dtype])
+        return torch.autocast("cuda", dtype=DTYPES[dtype])
     return nullcontext()
 
 
@@ -89,16 +89,16 @@ def run_images(ds: Dataset, backbone, *, batch_size: int = 256, workers: int = 2
     out = None
     with torch.inference_mode(), _autocast(dev, store_dtype):
         for idx, x in tqdm(loader, total=len(loader), file=log, desc=desc, mininterval=5):
-            y = backbone(x.to(dev, non_blocking=True)).to(_STORE[store_dtype]).cpu()
+            y = backbone(x.to(dev, non_blocking=True)).to(DTYPES[store_dtype]).cpu()
             if out is None:
-                out = torch.empty((len(ds), *y.shape[1:]), dtype=_STORE[store_dtype])
+                out = torch.empty((len(ds), *y.shape[1:]), dtype=DTYPES[store_dtype])
             out[idx] = y
     if out is None:  # no items: zero rows with the backbone's output shape
         from PIL import Image
 
         with torch.inference_mode():
             probe = backbone(backbone.preprocess(Image.new("RGB", (64, 64)))[None].to(dev))
-        out = torch.empty((0, *probe.shape[1:]), dtype=_STORE[store_dtype])
+        out = torch.empty((0, *probe.shape[1:]), dtype=DTYPES[store_dtype])
     return out
 
 
@@ -111,13 +111,13 @@ def run_texts(texts: list[str], backbone, *, batch_size: int = 256, store_dtype:
     with torch.inference_mode(), _autocast(dev, store_dtype):
         for start in tqdm(range(0, len(order), batch_size), file=log, desc=desc, mininterval=5):
             idx = order[start : start + batch_size]
-            y = backbone.encode([texts[i] for i in idx]).to(_STORE[store_dtype]).cpu()
+            y = backbone.encode([texts[i] for i in idx]).to(DTYPES[store_dtype]).cpu()
             if out is None:
-                out = torch.empty((len(texts), y.shape[-1]), dtype=_STORE[store_dtype])
+                out = torch.empty((len(texts), y.shape[-1]), dtype=DTYPES[store_dtype])
             out[torch.from_numpy(idx)] = y
     if out is None:
         with torch.inference_mode():
-            out = torch.empty((0, backbone.encode([""]).shape[-1]), dtype=_STORE[store_dtype])
+            out = torch.empty((0, backbone.encode([""]).shape[-1]), dtype=DTYPES[store_dtype])
     return out
 
 

@@ -1,11 +1,13 @@
 # Config validation and the few functions that build paths and per-rule options.
 import hashlib
 import json
+import re
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 from snakemake.utils import validate
 
+from sailflow.backbones.hub import needs_fetch, use_model_cache
 from sailflow.config import check_config  # torch-free
 from sailflow.evaluate.datasets import TEXT_ONLY_KEYS, task_files  # torch-free
 
@@ -55,6 +57,7 @@ def table_options(wildcards):
         "url_column": ds.get("url_column", "Image Path" if fmt == "dreamlip" else "url"),
         "caption_sources": ds["caption_sources"],
         "allow_local_urls": ds["allow_local_urls"],
+        "on_bad_row": ds["on_bad_row"],
     }
 
 
@@ -73,9 +76,19 @@ def section_options(section, dataset):
 RUNTIME_KEYS = {"processes", "threads"}
 
 
+# The download's success-rate gate decides whether a job passes, not what it downloads: it goes to
+# the rule's resources (see download_min_success_rate), so changing it reruns nothing that passed.
+DOWNLOAD_GATE_KEYS = {"min_success_rate"}
+
+
 def download_options(wildcards):
     opts = section_options("download", wildcards.dataset)
-    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS}
+    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS | DOWNLOAD_GATE_KEYS}
+
+
+def download_min_success_rate(wildcards):
+    """As a string: Snakemake truncates float resources to int (0.5 would become 0)."""
+    return str(section_options("download", wildcards.dataset)["min_success_rate"])
 
 
 def image_limits(wildcards):
@@ -114,7 +127,14 @@ TEXT = [n for n, b in BACKBONES.items() if b["kind"] == "text"]
 CAPTION_SOURCES = sorted({c for d in DATASETS for c in caption_sources(d)})
 
 
+# Hub models are fetched by the fetch_model rule (a local rule) into hub.hf_home; every other job
+# loads them with the hub offline (compute nodes of a cluster usually have no internet).
+use_model_cache(config["hub"]["hf_home"], offline=True)
+HUB_MODELS = [n for n, b in BACKBONES.items() if needs_fetch(b)]
+
+
 wildcard_constraints:
+    model="|".join(map(re.escape, HUB_MODELS)) or "(?!)",
     vision="|".join(VISION) or "(?!)",
     text="|".join(TEXT) or "(?!)",
     caption_source="|".join(CAPTION_SOURCES) or "(?!)",
@@ -139,12 +159,16 @@ def backbone_spec(kind):
     return spec
 
 
-def backbone_build_input(kind):
-    """A locally built (tiny) backbone's folder is an input; hub models are not files."""
+def backbone_model_input(kind):
+    """What a job loading the backbone needs first: a locally built (tiny) model's folder, or the
+    record of a hub model's fetch (fetch_model); packaged and local models need nothing."""
 
     def inputs(wildcards):
-        b = BACKBONES[getattr(wildcards, kind)]
-        return [b["path"]] if "build" in b else []
+        name = getattr(wildcards, kind)
+        b = BACKBONES[name]
+        if "build" in b:
+            return [b["path"]]
+        return [f"resources/models/{name}.json"] if needs_fetch(b) else []
 
     return inputs
 

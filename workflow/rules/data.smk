@@ -85,6 +85,9 @@ rule download_chunk:
     threads: download_processes
     resources:
         download_threads=download_threads_per_process,
+        # the success-rate gate: a resource (a string, kept exact), not a param, so that changing
+        # it reruns no chunk that already passed, and nothing downstream
+        min_success_rate=download_min_success_rate,
     log:
         "logs/data/{dataset}/download/{chunk}.log",
     conda:

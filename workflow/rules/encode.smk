@@ -2,23 +2,10 @@
 # source]); row k of each output is row k of the chunk's samples.parquet.
 
 
-rule build_tiny_backbone:
-    output:
-        directory("results/models/{backbone}"),
-    params:
-        kind=tiny_kind,
-    log:
-        "logs/models/{backbone}.log",
-    conda:
-        "../../envs/sailflow.yaml"
-    script:
-        "../scripts/build_tiny_backbone.py"
-
-
 rule encode_images:
     input:
         samples="results/data/{dataset}/chunks/{chunk}/samples.parquet",
-        model=backbone_build_input("vision"),
+        model=backbone_model_input("vision"),
     output:
         "results/embeddings/{dataset}/image/{vision}/{chunk}.safetensors",
     params:
@@ -39,7 +26,7 @@ rule encode_images:
 rule encode_texts:
     input:
         samples="results/data/{dataset}/chunks/{chunk}/samples.parquet",
-        model=backbone_build_input("text"),
+        model=backbone_model_input("text"),
     output:
         "results/embeddings/{dataset}/text/{text}/{caption_source}/{chunk}.safetensors",
     params:

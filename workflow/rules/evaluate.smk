@@ -5,7 +5,7 @@
 rule eval_image_features:
     input:
         data=eval_data_inputs,
-        model=backbone_build_input("vision"),
+        model=backbone_model_input("vision"),
     output:
         "results/eval/{task}/image/{vision}.safetensors",
     params:
@@ -27,7 +27,7 @@ rule eval_image_features:
 rule eval_text_features:
     input:
         data=eval_data_inputs,
-        model=backbone_build_input("text"),
+        model=backbone_model_input("text"),
     output:
         "results/eval/{task}/text/{text}.safetensors",
     params:

@@ -13,6 +13,8 @@ def main(smk):
         chunk=smk.wildcards.chunk,
         options=smk.params.options,
         limits=smk.params.limits,
+        # a resource, not a param: changing the gate reruns nothing that already passed it
+        min_success_rate=float(smk.resources.min_success_rate),
         processes=smk.threads,
         threads=smk.resources.download_threads,
         log=log,

@@ -18,6 +18,7 @@ def main(smk):
         caption_sources=t["caption_sources"],
         fmt=t["format"],
         allow_local_urls=t["allow_local_urls"],
+        on_bad_row=t["on_bad_row"],
     )
     write_json(smk.output.report, report.to_dict())
     print(json.dumps(report.to_dict(), indent=2))

@@ -30,12 +30,12 @@ from sailflow.align.heads import AlignmentHead
 from sailflow.align.loader import BatchSampler, EmbeddingPairs, prefetch
 from sailflow.align.losses import LOSSES
 from sailflow.align.optim import lr_at, make_optimizer
+from sailflow.dtypes import autocast_dtype
 from sailflow.embeddings import open_chunks
 from sailflow.io import atomic_path, read_json, write_json
 from sailflow.resume import finish_state, prepare_state, run_identity
 
 RUNTIME_KEYS = {"log_every", "checkpoint_every"}  # do not change the result: a resume may change them
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -156,7 +156,7 @@ def train(args: dict, log=sys.stderr) -> dict:
             tmp.write_text("".join(line + "\n" for line in kept))
     tb = _tensorboard(out_dir / "tensorboard") if rank == 0 else None
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    amp = PRECISIONS[s["precision"]]
+    amp = autocast_dtype(s["precision"])
     log_every, ckpt_every = int(s["log_every"]), int(s["checkpoint_every"])
     running = torch.full((), running0, device=device)
     t0 = time.perf_counter()

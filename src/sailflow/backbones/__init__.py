@@ -1,10 +1,18 @@
-"""Frozen vision and text backbones, configured by name under ``backbones:`` in the config."""
+"""Frozen vision and text backbones, configured by name under ``backbones:`` in the config.
 
-from sailflow.backbones.spec import DTYPES, BackboneError, check_spec, fingerprint, resolve_path
-from sailflow.backbones.text import TextBackbone, load_text
-from sailflow.backbones.vision import VisionBackbone, load_vision
+Imported lazily: the workflow's planning code reads :mod:`sailflow.backbones.hub` and
+:mod:`sailflow.backbones.spec` without paying for torch and transformers."""
 
-__all__ = [
-    "DTYPES", "BackboneError", "TextBackbone", "VisionBackbone", "check_spec", "fingerprint",
-    "load_text", "load_vision", "resolve_path",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "BackboneError": "spec", "check_spec": "spec", "fingerprint": "spec", "resolve_path": "spec",
+    "TextBackbone": "text", "load_text": "text", "VisionBackbone": "vision", "load_vision": "vision",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"sailflow.backbones.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'sailflow.backbones' has no attribute {name!r}")

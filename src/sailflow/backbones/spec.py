@@ -7,9 +7,6 @@ import importlib
 import json
 from pathlib import Path
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The poolings each (kind, family) can produce. The default of each lives in the config schema
 # (workflow/schemas/config.schema.yaml), which fills it in: a spec reaching the library names its pooling.
 POOLINGS = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from sailflow.backbones.hub import loading
 from sailflow.backbones.spec import POOLINGS, BackboneError, check_spec, hub_kwargs, resolve_path
 
 
@@ -58,19 +59,21 @@ def load_text(name: str, spec: dict, device: str | torch.device = "cpu") -> Text
     its ``pooling`` filled in by the config schema)."""
     spec = {**spec, "kind": spec.get("kind", "text")}
     check_spec(name, spec)
-    family, path, kw = spec["family"], resolve_path(spec["path"], spec.get("revision")), hub_kwargs(spec)
-    if family == "open_clip":
-        import open_clip
+    family, kw = spec["family"], hub_kwargs(spec)
+    with loading(name, spec):  # a hub model missing from the offline cache: one clear error
+        path = resolve_path(spec["path"], spec.get("revision"))
+        if family == "open_clip":
+            import open_clip
 
-        model = open_clip.create_model(path, pretrained=spec.get("pretrained"))
-        tokenizer = open_clip.get_tokenizer(path)
-    else:
-        from transformers import AutoModel, AutoTokenizer, CLIPTextModel
+            model = open_clip.create_model(path, pretrained=spec.get("pretrained"))
+            tokenizer = open_clip.get_tokenizer(path)
+        else:
+            from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
-        cls = CLIPTextModel if family == "clip" else AutoModel
-        model = cls.from_pretrained(path, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        if family == "nv_embed" and not hasattr(model, "encode"):
-            raise BackboneError(f"backbones.{name}: family nv_embed needs a model with its own encode() (trust_remote_code: true)")
+            cls = CLIPTextModel if family == "clip" else AutoModel
+            model = cls.from_pretrained(path, use_safetensors=True, **kw)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+            if family == "nv_embed" and not hasattr(model, "encode"):
+                raise BackboneError(f"backbones.{name}: family nv_embed needs a model with its own encode() (trust_remote_code: true)")
     model.eval().requires_grad_(False).to(device)
     return TextBackbone(name, spec, model, tokenizer, device)

@@ -20,6 +20,7 @@ from functools import partial
 
 import torch
 
+from sailflow.backbones.hub import loading
 from sailflow.backbones.spec import BackboneError, check_spec, hub_kwargs, resolve_path
 
 
@@ -67,27 +68,29 @@ def load_vision(name: str, spec: dict, device: str | torch.device = "cpu") -> Vi
     its ``pooling`` filled in by the config schema)."""
     spec = {**spec, "kind": spec.get("kind", "vision")}
     check_spec(name, spec)
-    family, path, kw = spec["family"], resolve_path(spec["path"], spec.get("revision")), hub_kwargs(spec)
-    if family == "dinov2":
-        from transformers import AutoImageProcessor, AutoModel
+    family, kw = spec["family"], hub_kwargs(spec)
+    with loading(name, spec):  # a hub model missing from the offline cache: one clear error
+        path = resolve_path(spec["path"], spec.get("revision"))
+        if family == "dinov2":
+            from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", **kw)
-        processor = AutoImageProcessor.from_pretrained(path, **kw)
-        n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
-        forward = partial(_dinov2_forward, spec["pooling"], n_reg)
-        preprocess = partial(_hf_preprocess, processor)
-    elif family == "clip":
-        from transformers import AutoImageProcessor, CLIPVisionModel
+            model = AutoModel.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kw)
+            processor = AutoImageProcessor.from_pretrained(path, **kw)
+            n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
+            forward = partial(_dinov2_forward, spec["pooling"], n_reg)
+            preprocess = partial(_hf_preprocess, processor)
+        elif family == "clip":
+            from transformers import AutoImageProcessor, CLIPVisionModel
 
-        model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa", **kw)
-        preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path, **kw))
-        forward = _clip_forward
-    elif family == "open_clip":
-        import open_clip
+            model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kw)
+            preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path, **kw))
+            forward = _clip_forward
+        elif family == "open_clip":
+            import open_clip
 
-        model, _, preprocess = open_clip.create_model_and_transforms(path, pretrained=spec.get("pretrained"))
-        forward = _open_clip_forward
-    else:
-        raise BackboneError(f"backbones.{name}: unknown vision family {family!r}")
+            model, _, preprocess = open_clip.create_model_and_transforms(path, pretrained=spec.get("pretrained"))
+            forward = _open_clip_forward
+        else:
+            raise BackboneError(f"backbones.{name}: unknown vision family {family!r}")
     model.eval().requires_grad_(False).to(device)
     return VisionBackbone(name, spec, model, preprocess, forward)

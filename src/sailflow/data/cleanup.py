@@ -7,7 +7,8 @@
 Row k of every embedding file of the chunk is row k of this table. Exact duplicate images (same
 stored bytes) are dropped across the whole dataset, keeping the first by (chunk, sample_id).
 
-``manifest.json`` counts every source row exactly once: ``input_rows == kept + sum(dropped)``.
+``manifest.json`` counts every source row exactly once: ``input_rows == kept + sum(dropped)``, and
+lists the source lines of the first unreadable rows (``bad_rows``, from the normalize stage).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def cleanup_dataset(
         "dropped": dict(sorted(total_dropped.items())),
         "dropped_by_stage": {k: dict(sorted(v.items())) for k, v in stage.items()},
         "empty_captions": dict(empty),
+        "bad_rows": list(normalize_report.get("bad_rows", [])),
         "chunks": per_chunk,
     }
     if manifest["kept"] + sum(total_dropped.values()) != manifest["input_rows"]:

@@ -2,8 +2,9 @@
 
 Output ``chunks/{chunk}/filtered.parquet``, one row per image that passed, sorted by sample_id:
 
-    sample_id, key (img2dataset key), shard (tar file name), offset, size (the image member's
-    bytes inside the tar), width, height, sha256 (of the stored bytes)
+    sample_id, key (img2dataset key, unique within its tar), shard (the tar's path relative to
+    images/: ``00003.tar``, or ``retry1/00000.tar`` for a retried download), offset, size (the image
+    member's bytes inside the tar), width, height, sha256 (of the stored bytes)
 
 and ``chunks/{chunk}/filter.json`` with the drops by reason. Exact duplicates are removed across
 the whole dataset later, by the cleanup stage.
@@ -86,7 +87,11 @@ def filter_chunk(
     limits: ImageLimits,
     processes: int = 1,
 ) -> dict:
-    """Filter every shard listed in ``download_json``; write ``out_parquet`` and ``out_json``."""
+    """Filter every shard listed in ``download_json``; write ``out_parquet`` and ``out_json``.
+
+    ``download_json["shards"]`` are paths relative to ``images_dir`` without suffix (``00000``,
+    ``retry1/00000``: see sailflow.data.download).
+    """
     images_dir = Path(images_dir)
     jobs = [(images_dir, stem, limits) for stem in download_json["shards"]]
     if processes > 1 and len(jobs) > 1:

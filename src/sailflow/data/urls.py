@@ -5,8 +5,19 @@ captions) or any CSV/TSV/parquet with a URL column and named caption columns. Ou
 ``urls.parquet`` has one row per kept sample:
 
     sample_id (int64, 0-based data-row index in the source: stable across reruns)
-    url (str)
+    url (str, as the table wrote it, whitespace-trimmed)
     <caption_source> (str or null), one column per configured caption source
+
+Text tables (.csv/.tsv, optionally gzip-compressed, UTF-8) are read with Python's ``csv`` module,
+one record at a time, so every row knows the physical line it starts on (1-based; the header is
+line 1). CSV follows RFC 4180 quoting (a quoted field may span lines); TSV has no quoting at all:
+one line is one row, quotes are text. Blank lines are skipped and are not rows. A row that cannot
+be read (wrong field count, broken quoting, invalid UTF-8) still takes its ``sample_id`` and is
+dropped as ``bad_row`` with its line number, or stops the job when the dataset sets
+``on_bad_row: error``. Parquet tables are read with pyarrow.
+
+Only empty cells (empty after stripping whitespace; null in parquet) are missing: a caption that
+reads "None" or "N/A" is text.
 
 Rows are streamed in batches, so memory does not grow with the table beyond the URL hashes
 (8 bytes per row) needed to find duplicates.
@@ -14,17 +25,19 @@ Rows are streamed in batches, so memory does not grow with the table beyond the 
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sailflow.io import atomic_path
@@ -41,11 +54,18 @@ DREAMLIP_COLUMNS = [
 ]
 DREAMLIP_URL_COLUMN = "Image Path"
 
-# Caption strings that are really missing values written out by pandas or spreadsheets.
-_MISSING_CAPTIONS = {"", "nan", "none", "null", "na", "n/a"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# What a URL cell of a real row looks like: used to tell a runaway quoted field from a caption line.
+_URL_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://\S")
+# Bytes that are not UTF-8 arrive as lone surrogates (errors="surrogateescape").
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 BATCH_ROWS = 65536
+# Longest field a text table may hold (characters): bounds the memory a runaway quoted field can take.
+MAX_FIELD_CHARS = 1 << 22
+# How many bad rows urls.json (and the manifest) list by line; all of them are counted.
+BAD_ROWS_LISTED = 20
+ON_BAD_ROW = ("drop", "error")
 
 
 class TableError(ValueError):
@@ -60,6 +80,8 @@ class NormalizeReport:
     kept_rows: int = 0
     dropped: Counter = field(default_factory=Counter)
     empty_captions: Counter = field(default_factory=Counter)
+    # the first BAD_ROWS_LISTED bad rows: {"line": first physical line, "problem": what was wrong}
+    bad_rows: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +89,7 @@ class NormalizeReport:
             "kept_rows": self.kept_rows,
             "dropped": dict(sorted(self.dropped.items())),
             "empty_captions": dict(sorted(self.empty_captions.items())),
+            "bad_rows": list(self.bad_rows),
         }
 
 
@@ -87,34 +110,22 @@ def _detect_kind(path: Path, fmt: str | None) -> str:
     raise TableError(f"{path}: unknown table type; expected .csv, .tsv (optionally .gz) or .parquet")
 
 
-def _open_batches(path: Path, kind: str, columns: list[str]):
-    """Yield pyarrow RecordBatches with exactly ``columns`` as strings; clear error if one is missing."""
+def _open_batches(path: Path, kind: str, columns: list[str], bad: "_BadRows"):
+    """Yield ``(sample_ids, DataFrame)`` batches with exactly ``columns`` (str, or None for null).
+
+    ``sample_ids`` (int64) are the 0-based data-row indices of the rows in the batch; bad rows of a
+    text table are left out of the batches (and reported to ``bad``) but keep their index.
+    """
     if kind == "parquet":
         pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        _check_columns(path, names, columns)
+        _check_columns(path, pf.schema_arrow.names, columns)
+        row0 = 0
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(c).cast(pa.string()) for c in columns], names=columns
-            )
+            df = pd.DataFrame({c: batch.column(c).cast(pa.string()).to_pandas() for c in columns})
+            yield np.arange(row0, row0 + len(df), dtype=np.int64), df
+            row0 += len(df)
         return
-    parse = _csv_parse_options(kind)
-    read = pacsv.ReadOptions(block_size=1 << 24)
-    names = _peek_columns(path, kind)
-    _check_columns(path, names, columns)
-    convert = pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in names},
-        include_columns=columns,
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
-    with pa.input_stream(str(path), compression="detect") as stream:
-        try:
-            reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
-            for batch in reader:
-                yield batch
-        except pa.ArrowInvalid as e:  # malformed CSV: say which file
-            raise TableError(f"{path}: cannot parse as {kind.upper()}: {e}") from None
+    yield from _text_batches(path, kind, columns, bad)
 
 
 def _check_columns(path: Path, names: list[str], required: list[str]) -> None:
@@ -126,11 +137,188 @@ def _check_columns(path: Path, names: list[str], required: list[str]) -> None:
         )
 
 
+# ---- text tables (.csv/.tsv[.gz]) -------------------------------------------------------------------
+
+
+class _BadRows:
+    """Where bad rows of a text table go: counted in the report, or an error (``on_bad_row``)."""
+
+    def __init__(self, path: Path, dataset: str, on_bad_row: str, report: "NormalizeReport"):
+        self.path, self.dataset, self.on_bad_row, self.report = path, dataset, on_bad_row, report
+
+    def __call__(self, line: int, problem: str) -> None:
+        if self.on_bad_row == "error":
+            raise TableError(
+                f"{self.path}, line {line}: {problem}. Fix the row, or set datasets.{self.dataset}.on_bad_row: drop "
+                "in config/config.yaml to count such rows as dropped (bad_row) and go on."
+            )
+        self.report.input_rows += 1
+        self.report.dropped["bad_row"] += 1
+        if len(self.report.bad_rows) < BAD_ROWS_LISTED:
+            self.report.bad_rows.append({"line": line, "problem": problem})
+
+
+class _QuoteRunaway(Exception):
+    """A quoted field ran into a line that reads as a complete row of its own (raised to csv.reader)."""
+
+
+class _Lines:
+    """The physical lines of a text table, numbered from 1, handed to ``csv.reader`` one at a time.
+
+    csv.reader asks for a line only when the record it is parsing needs one (no read-ahead), so the
+    lines handed out since :meth:`start_record` are exactly the current record's. A quoted field
+    legitimately spans lines (DreamLIP long captions); but when a continuation line reads, on its
+    own, as a complete row (``is_row``), the quote was almost surely never closed: the line is held
+    back for the next record and :class:`_QuoteRunaway` stops the current one, which would
+    otherwise swallow every following row into one caption.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self._held: str | None = None
+        self.number = 0  # lines handed out so far
+        self.record_start = 1
+        self.is_row = None  # set once the header is known (CSV only)
+
+    def start_record(self) -> None:
+        self.record_start = self.number + 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._held
+        if line is None:
+            line = next(self._f)
+        else:
+            self._held = None
+        n = self.number
+        if n >= self.record_start and self.is_row is not None and self.is_row(line):
+            self._held = line
+            raise _QuoteRunaway
+        self.number = n + 1
+        return line
+
+
+def _open_text(path: Path):
+    """The table as text lines: UTF-8 (a BOM is skipped), gzip recognised by its magic bytes."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    # undecodable bytes become lone surrogates, so the one row that holds them is reported, not the file
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _dialect(kind: str) -> dict:
+    if kind == "tsv":  # no quoting convention: one physical line is one record
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return {"delimiter": ",", "quotechar": '"', "doublequote": True, "strict": True}
+
+
+def _read_header(reader, lines: _Lines, path: Path) -> list[str]:
+    while True:
+        lines.start_record()
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise TableError(f"{path}: the table is empty (no header line)") from None
+        except csv.Error as e:
+            raise TableError(f"{path}, line {lines.record_start}: cannot read the header ({e})") from None
+        if header:
+            return [h.strip() for h in header]
+
+
+def _text_columns(path: Path, kind: str) -> list[str]:
+    with _open_text(path) as f:
+        lines = _Lines(f)
+        return _read_header(csv.reader(lines, **_dialect(kind)), lines, path)
+
+
+def _text_batches(path: Path, kind: str, columns: list[str], bad: _BadRows):
+    dialect = _dialect(kind)
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
+    with _open_text(path) as f:
+        lines = _Lines(f)
+        reader = csv.reader(lines, **dialect)
+        names = _read_header(reader, lines, path)
+        _check_columns(path, names, columns)
+        n_fields = len(names)
+        index = [names.index(c) for c in columns]
+        pick = (lambda rec: (rec[index[0]],)) if len(index) == 1 else itemgetter(*index)
+        if kind == "csv":
+            url_i = index[0]
+
+            def is_row(line: str) -> bool:
+                # cheap tests first: this runs on every continuation line of every multi-line caption
+                if "://" not in line or line.count(",") < n_fields - 1:
+                    return False
+                try:
+                    rec = next(csv.reader((line,), **dialect))
+                except (csv.Error, StopIteration):
+                    return False
+                return len(rec) == n_fields and bool(_URL_LIKE.match(rec[url_i]))
+
+            lines.is_row = is_row
+
+        sample_id = 0
+        ids: list[int] = []
+        rows: list[tuple] = []
+        while True:
+            lines.start_record()
+            problem = None
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except _QuoteRunaway:
+                problem = (
+                    f"a quoted field opened on line {lines.record_start} runs into line {lines.number + 1}, which "
+                    "reads as a row of its own: an unmatched quote? (read as one bad row"
+                    + (f", lines {lines.record_start}-{lines.number})" if lines.number > lines.record_start else ")")
+                )
+            except csv.Error as e:
+                end = lines.number
+                problem = f"not valid CSV ({e})" + (f" (lines {lines.record_start}-{end})" if end > lines.record_start else "")
+            if problem is not None:
+                # a fresh reader: the old one may be stuck inside a quoted field
+                reader = csv.reader(lines, **dialect)
+                bad(lines.record_start, problem)
+                sample_id += 1
+                continue
+            if not rec:  # a blank line is not a row
+                continue
+            if len(rec) != n_fields:
+                bad(lines.record_start, f"{len(rec)} fields, expected {n_fields}")
+                sample_id += 1
+                continue
+            values = pick(rec)
+            if _NOT_UTF8.search("".join(values)):
+                bad(lines.record_start, "not valid UTF-8")
+                sample_id += 1
+                continue
+            ids.append(sample_id)
+            rows.append(values)
+            sample_id += 1
+            if len(rows) >= BATCH_ROWS:
+                yield _batch(ids, rows, columns)
+                ids, rows = [], []
+        if rows:
+            yield _batch(ids, rows, columns)
+
+
+def _batch(ids: list[int], rows: list[tuple], columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    data = list(zip(*rows))
+    return np.asarray(ids, dtype=np.int64), pd.DataFrame({c: pd.Series(v, dtype="object") for c, v in zip(columns, data)})
+
+
+# ---- cleaning ---------------------------------------------------------------------------------------
+
+
 def _clean_captions(values: pd.Series) -> pd.Series:
-    s = values.astype("object").where(values.notna(), None)
-    stripped = s.map(lambda v: v.strip() if isinstance(v, str) else None)
-    missing = stripped.map(lambda v: v is None or v.lower() in _MISSING_CAPTIONS)
-    return stripped.where(~missing, None)
+    """Whitespace-trimmed captions; only empty (or null) cells are missing (None)."""
+    out = [(v.strip() or None) if isinstance(v, str) else None for v in values]
+    return pd.Series(out, index=values.index, dtype="object")
 
 
 def _classify_urls(urls: pd.Series, allow_local: bool, base_dir: Path) -> tuple[pd.Series, pd.Series]:
@@ -138,7 +326,7 @@ def _classify_urls(urls: pd.Series, allow_local: bool, base_dir: Path) -> tuple[
     out_urls, reasons = [], []
     for u in urls:
         u = u.strip() if isinstance(u, str) else ""
-        if not u or u.lower() in _MISSING_CAPTIONS:
+        if not u:
             out_urls.append(None)
             reasons.append("empty_url")
             continue
@@ -172,25 +360,31 @@ def normalize_table(
     caption_sources: list[str] | dict[str, str],
     fmt: str | None = None,
     allow_local_urls: bool = False,
+    on_bad_row: str = "drop",
 ) -> NormalizeReport:
     """Normalise ``source`` into ``out_path`` (parquet); return the counts.
 
-    Drop reasons, each row counted once, checked in this order: ``empty_url``, ``bad_scheme``
-    (anything but http/https, or file:// when local URLs are allowed), ``no_caption`` (every caption
-    source empty), ``duplicate_url`` (the first occurrence is kept). Local (file://) URLs without
-    ``allow_local_urls`` stop the job with an error, since they read files from this machine.
+    Drop reasons, each row counted once, checked in this order: ``bad_row`` (a text-table row that
+    cannot be read; its line number is listed in ``bad_rows``; ``on_bad_row="error"`` raises instead),
+    ``empty_url``, ``bad_scheme`` (anything but http/https, or file:// when local URLs are allowed),
+    ``no_caption`` (every caption source empty), ``duplicate_url`` (the first occurrence is kept).
+    Local (file://) URLs without ``allow_local_urls`` stop the job with an error, since they read
+    files from this machine.
     """
     source = Path(source)
     if not source.exists():
         raise TableError(f"{source}: source table not found (dataset {dataset!r})")
+    if on_bad_row not in ON_BAD_ROW:
+        raise TableError(f"datasets.{dataset}.on_bad_row: {on_bad_row!r}; expected one of {list(ON_BAD_ROW)}")
     captions = caption_columns(caption_sources)
     if not captions:
         raise TableError(f"dataset {dataset!r}: caption_sources is empty")
     kind = _detect_kind(source, fmt)
     if fmt == "dreamlip":
-        _check_columns(source, _peek_columns(source, kind), DREAMLIP_COLUMNS)
+        _check_columns(source, _table_columns(source, kind), DREAMLIP_COLUMNS)
     columns = [url_column, *dict.fromkeys(captions.values())]
     report = NormalizeReport()
+    bad = _BadRows(source, dataset, on_bad_row, report)
     schema = pa.schema(
         [("sample_id", pa.int64()), ("url", pa.string())] + [(name, pa.string()) for name in captions]
     )
@@ -200,12 +394,8 @@ def normalize_table(
     first_local: tuple[int, str] | None = None
     try:
         with pq.ParquetWriter(staged, schema) as writer:
-            row0 = 0
-            for batch in _open_batches(source, kind, columns):
-                df = batch.to_pandas()
+            for ids, df in _open_batches(source, kind, columns, bad):
                 n = len(df)
-                ids = np.arange(row0, row0 + n, dtype=np.int64)
-                row0 += n
                 report.input_rows += n
                 urls, reasons = _classify_urls(df[url_column], allow_local_urls, source.parent)
                 local = reasons == "local_url"
@@ -249,20 +439,14 @@ def normalize_table(
         staged.unlink(missing_ok=True)
     for name in captions:
         report.empty_captions.setdefault(name, 0)
+    report.dropped = +report.dropped  # no zero counts (e.g. duplicate_url: 0)
     return report
 
 
-def _peek_columns(path: Path, kind: str) -> list[str]:
+def _table_columns(path: Path, kind: str) -> list[str]:
     if kind == "parquet":
         return pq.ParquetFile(path).schema_arrow.names
-    with pa.input_stream(str(path), compression="detect") as stream:
-        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 16), parse_options=_csv_parse_options(kind))
-        return reader.schema.names
-
-
-def _csv_parse_options(kind: str) -> pacsv.ParseOptions:
-    # quoted captions may span lines (DreamLIP long captions)
-    return pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True)
+    return _text_columns(path, kind)
 
 
 def _duplicate_mask(staged: Path, h: np.ndarray) -> np.ndarray:

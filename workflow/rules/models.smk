@@ -1,0 +1,29 @@
+# Models: tiny backbones built locally (tests, demo), and hub backbones fetched into the model cache
+# before any compute job loads them (compute jobs run with the hub offline).
+
+
+rule build_tiny_backbone:
+    output:
+        directory("results/models/{backbone}"),
+    params:
+        kind=tiny_kind,
+    log:
+        "logs/models/{backbone}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/build_tiny_backbone.py"
+
+
+rule fetch_model:
+    output:
+        "resources/models/{model}.json",
+    params:
+        backbone=lambda w: backbone_entry(w.model),
+    localrule: True  # where Snakemake runs (the login node): compute nodes often have no internet
+    log:
+        "logs/models/fetch_{model}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/fetch_model.py"
