@@ -33,7 +33,8 @@ from PIL import Image
 
 from sailflow.backbones import load_vision
 from sailflow.backbones.tiny import build_tiny
-from sailflow.encode import ChunkImages, encode_images
+from sailflow.data.shards import ChunkImages
+from sailflow.encode import encode_images
 
 
 def make_chunk(d: Path, n: int, side: int) -> None:

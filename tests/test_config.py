@@ -84,10 +84,13 @@ def test_pooling_default_and_choices_per_family():
     b = _filled(cfg)["backbones"]
     assert (b["tiny_dinov2"]["pooling"], b["dinov2_l"]["pooling"], b["minilm"]["pooling"]) == ("concat", "concat", "mean")
     assert (b["clip_l"]["pooling"], b["quiltnet_b32"]["pooling"], b["nv2"]["pooling"]) == ("pooler", "projected", "latent")
-    cfg["backbones"]["clip_l"]["pooling"] = "tokens"  # was accepted, ignored, and recorded
+    assert b["clip_l"]["layer"] == -2 and "layer" not in b["dinov2_l"]  # token features: LLaVA's penultimate block
+    cfg["backbones"]["clip_l"]["pooling"] = "concat"  # a pooling of another family was accepted, ignored and recorded
     cfg["backbones"]["minilm"]["pooling"] = "concat"
-    assert _errors(cfg) == ["backbones.clip_l.pooling: 'tokens' is not one of ['pooler']",
-                            "backbones.minilm.pooling: 'concat' is not one of ['mean', 'cls', 'last']"]
+    cfg["backbones"]["nv2"]["pooling"] = "mean"
+    assert _errors(cfg) == ["backbones.clip_l.pooling: 'concat' is not one of ['pooler', 'tokens']",
+                            "backbones.minilm.pooling: 'concat' is not one of ['mean', 'cls', 'last']",
+                            "backbones.nv2.pooling: 'mean' is not one of ['latent']"]
 
 
 def test_dinov2_without_pooling_encodes_and_records_concat(tmp_path):
@@ -103,7 +106,7 @@ def test_dinov2_without_pooling_encodes_and_records_concat(tmp_path):
     with pytest.raises(BackboneError, match="no pooling given"):  # outside the workflow: say it, never guess
         load_vision("v", {"kind": "vision", "family": "dinov2", "path": str(path)})
     with pytest.raises(BackboneError, match="not available for a vision clip backbone"):
-        load_vision("v", {"kind": "vision", "family": "clip", "path": str(path), "pooling": "tokens"})
+        load_vision("v", {"kind": "vision", "family": "clip", "path": str(path), "pooling": "mean"})
 
 
 def _fake_hub_cache(root, seeds: dict) -> None:
@@ -134,3 +137,15 @@ def test_revision_pins_the_hub_snapshot(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["0", "1"]  # the two commits differ; no revision = main = the last commit
+
+
+def test_evaluation_tasks_are_checked_by_their_kind():
+    from sailflow.evaluate.kinds import TaskError, check_task
+
+    check_task({"kind": "retrieval", "annotations": "a.json", "images": "img"}, "coco")
+    with pytest.raises(TaskError, match=r"eval_tasks.coco: unknown key\(s\) \['image'\] for a retrieval task"):
+        check_task({"kind": "retrieval", "annotations": "a.json", "image": "img"}, "coco")
+    with pytest.raises(TaskError, match="eval_tasks.inet: a zeroshot task needs `folder` or `csv`"):
+        check_task({"kind": "zeroshot", "templates": ["a {c}."]}, "inet")
+    with pytest.raises(TaskError, match=r"eval_tasks.x.kind must be one of \['mmvp', 'retrieval', 'winoground', 'zeroshot'\]"):
+        check_task({"kind": "vqa2"}, "x")

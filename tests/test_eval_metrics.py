@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from sailflow.evaluate.mmvp import mmvp_scores
-from sailflow.evaluate.retrieval import retrieval_metrics
-from sailflow.evaluate.winoground import winoground_scores
-from sailflow.evaluate.zeroshot import classification_metrics, classifier
+from sailflow.evaluate.kinds.mmvp import mmvp_scores
+from sailflow.evaluate.kinds.retrieval import retrieval_metrics
+from sailflow.evaluate.kinds.winoground import winoground_scores
+from sailflow.evaluate.kinds.zeroshot import classification_metrics, classifier
 
 
 def test_classifier_normalises_each_prompt_then_the_mean():

@@ -15,12 +15,12 @@ from PIL import Image
 from sailflow.align.heads import AlignmentHead
 from sailflow.embeddings import EmbeddingMismatch
 from sailflow.evaluate import tasks
-from sailflow.evaluate.datasets import EvalDataError, task_files
+from sailflow.evaluate.datasets import EvalDataError
 from sailflow.evaluate.features import HeadOverFeatures, load_features, save_features
 from sailflow.evaluate.prompts import CIFAR_TEMPLATES, classnames, prompts, templates
-from sailflow.evaluate.retrieval import chance
-from sailflow.evaluate.winoground import winoground_scores
-from sailflow.evaluate.zeroshot import classifier_weights
+from sailflow.evaluate.kinds.retrieval import chance
+from sailflow.evaluate.kinds.winoground import winoground_scores
+from sailflow.evaluate.kinds.zeroshot import classifier_weights
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -102,7 +102,7 @@ def test_retrieval_task_from_coco_json_with_unequal_caption_counts(tmp_path):
                             {"id": 4, "image_id": 3, "caption": "green with blue"}]}
     (tmp_path / "captions.json").write_text(json.dumps(coco))
     spec = {"kind": "retrieval", "format": "coco", "annotations": str(tmp_path / "captions.json"), "images": str(imgs)}
-    r = tasks.run(ColourModel(), spec, recall_k=(1, 2), examples=3)
+    r = tasks.run(ColourModel(), spec, settings={"recall_k": (1, 2), "report_examples": 3})
     m = r["metrics"]
     # text -> image: "red" -> r (hit); "blue and red" -> b first (miss@1), r second; "green" -> g; "green with blue" -> g (miss@1), b second
     assert m["image_retrieval_recall@1"] == pytest.approx(2 / 4) and m["image_retrieval_recall@2"] == pytest.approx(1.0)
@@ -120,7 +120,7 @@ def test_retrieval_chance_matches_a_random_model():
     text_image = torch.tensor([0, 0, 1, 2, 2, 2])
     expected = chance(text_image, 3, ks=(1, 2))
     g = torch.Generator().manual_seed(0)
-    from sailflow.evaluate.retrieval import retrieval_metrics
+    from sailflow.evaluate.kinds.retrieval import retrieval_metrics
 
     runs = [retrieval_metrics(torch.rand(6, 3, generator=g), text_image, ks=(1, 2)) for _ in range(4000)]
     for k, v in expected.items():
@@ -152,7 +152,7 @@ def test_winoground_and_mmvp_tasks_from_their_layouts(tmp_path):
     r = tasks.run(ColourModel(), {"kind": "mmvp", "root": str(q)})
     # pair 1 right; pair 2: identical images and statements tie -> both pick image 2 -> statement 3 wrong
     assert r["metrics"] == {"average": 0.5, "pattern/Color": 0.5}
-    assert task_files({"kind": "mmvp", "root": "m"}) == ["m/Questions.csv", "m/MLLM_VLM Images"]
+    assert tasks.files_of({"kind": "mmvp", "root": "m"}) == ["m/Questions.csv", "m/MLLM_VLM Images"]
 
 
 def test_winoground_group_scores_by_tag():
@@ -181,7 +181,7 @@ def test_head_over_stored_features_equals_the_head_on_the_features(tmp_path):
 
 
 def test_an_unreadable_evaluation_image_is_named(tmp_path):
-    from sailflow.encode import ImageFiles
+    from sailflow.data.shards import ImageFiles
 
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(RuntimeError, match=r"bad\.png: cannot read this image"):

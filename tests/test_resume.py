@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import sailflow.align.train as T
+from sailflow.align.heads import AlignmentHead
 from sailflow.embeddings import save_embeddings
 from sailflow.resume import finish_state, prepare_state, run_identity
 
@@ -83,7 +84,7 @@ def _interrupted(files: dict, out: Path, monkeypatch) -> None:
 
     for name in ("head.safetensors", "config.json"):  # as Snakemake does before it reruns a job
         (out / name).unlink(missing_ok=True)
-    monkeypatch.setattr(T, "write_head", crash)
+    monkeypatch.setattr(AlignmentHead, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         _train(files, out)
     monkeypatch.undo()

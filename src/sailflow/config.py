@@ -9,9 +9,28 @@ workflow before any job runs. Defaults are then filled in by Snakemake's ``valid
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from pathlib import Path
 
 import yaml
+
+
+# Keys that never change a result, only how it is computed or reported; they stay out of params (so
+# changing them reruns nothing) and out of training identities (so a resume may change them).
+PARALLELISM_KEYS = frozenset({"processes", "threads"})  # download:, filter:
+ALIGN_RUNTIME_KEYS = frozenset({"log_every", "checkpoint_every"})  # align:
+
+
+def without(settings: dict, keys) -> dict:
+    """``settings`` without ``keys``: what decides a result."""
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
+def digest(obj) -> str:
+    """A short, stable hash of a JSON-able config value (key order does not matter): fingerprints
+    of runs, of training identities, of backbone specs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):
@@ -75,6 +94,14 @@ def config_errors(config: dict, schema: dict) -> list[str]:
         for leaf in _leaves(error):
             found.append(_describe(leaf, schema))
     return list(dict.fromkeys(found))
+
+
+def export_source(workflow_dir: str | Path) -> None:
+    """Tell the processes the workflow starts where its checkout is (``SAILFLOW_SOURCE``): the conda
+    env's post-deploy script installs the package from there."""
+    import os
+
+    os.environ["SAILFLOW_SOURCE"] = str(Path(workflow_dir).resolve())
 
 
 def check_config(config: dict, schema_path: str | Path) -> None:

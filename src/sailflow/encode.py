@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sailflow.backbones import fingerprint
-from sailflow.data.images import decode_rgb
-from sailflow.data.shards import read_sample_bytes
+from sailflow.data.shards import ChunkImages
 from sailflow.dtypes import DTYPES
 from sailflow.embeddings import save_embeddings
 
@@ -31,45 +30,6 @@ def chunk_meta(backbone, dataset: str, chunk: str) -> dict:
     """The metadata every embedding file of a chunk carries about what produced it."""
     return {"backbone": backbone.name, "fingerprint": fingerprint(backbone.name, backbone.spec),
             "pooling": backbone.pooling, "dataset": dataset, "chunk": chunk}
-
-
-class ChunkImages(Dataset):
-    """Item i: ``(i, preprocess(RGB image of row i of samples.parquet))``."""
-
-    def __init__(self, samples: pd.DataFrame, images_dir: str | Path, preprocess):
-        self.images_dir = Path(images_dir)
-        self.shard = samples["shard"].to_numpy()
-        self.offset = samples["offset"].to_numpy()
-        self.size = samples["size"].to_numpy()
-        self.sample_id = samples["sample_id"].to_numpy()
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.shard)
-
-    def __getitem__(self, i: int):
-        data = read_sample_bytes(self.images_dir, self.shard[i], self.offset[i], self.size[i])
-        try:
-            return i, self.preprocess(decode_rgb(data))
-        except Exception as e:  # the filter stage decoded this image: something changed on disk
-            raise RuntimeError(f"{self.images_dir / self.shard[i]}: sample {self.sample_id[i]} no longer decodes ({e}); rerun the data stages") from None
-
-
-class ImageFiles(Dataset):
-    """Item i: ``(i, preprocess(RGB image at paths[i]))``; an unreadable file is an error naming it."""
-
-    def __init__(self, paths: list[str | Path], preprocess):
-        self.paths = [str(p) for p in paths]
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.preprocess(decode_rgb(Path(self.paths[i]).read_bytes()))
-        except Exception as e:
-            raise RuntimeError(f"{self.paths[i]}: cannot read this image ({e})") from None
 
 
 def _autocast(device: torch.device, dtype: str):

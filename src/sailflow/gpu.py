@@ -90,3 +90,36 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {n} free GPU(s) among {total} after {timeout:.0f} s (locks in {lock_dir})")
         time.sleep(poll)
+
+
+def launch(module: str, args: dict, gpus: int, args_path: str | Path, log, in_process=None) -> Claim:
+    """Run a training program on the devices of this job: every multi-GPU rule launches this way.
+
+    Claims ``gpus`` devices (see :func:`claim_devices`). With more than one, ``args`` is written to
+    ``args_path`` (JSON) and ``torchrun --standalone --nproc_per_node=<n> -m <module> <args_path>``
+    runs one process per device (``module`` reads its arguments from that file); its output goes to
+    ``log``. With one device or none, ``in_process(args, log=log)`` runs here, or the same torchrun
+    command with one process when ``in_process`` is None."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    claim = claim_devices(gpus)
+    print(f"devices: {claim.ids or 'cpu'} ({claim.source})", file=log, flush=True)
+    n = max(1, len(claim.ids))
+    if n == 1 and in_process is not None:
+        in_process(args, log=log)
+        return claim
+    args_path = Path(args_path)
+    args_path.parent.mkdir(parents=True, exist_ok=True)
+    args_path.write_text(json.dumps(args, indent=1))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [torchrun, "--standalone", f"--nproc_per_node={n}", "-m", module, str(args_path)]
+    print(" ".join(cmd), file=log, flush=True)
+    # one CPU thread per process unless the user set it: n processes on a shared node must not oversubscribe
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))}
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} under torchrun ({n} processes) exited with code {proc.returncode}; its output is above in this log")
+    return claim

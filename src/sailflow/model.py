@@ -12,14 +12,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from sailflow.align.train import load_head
+from sailflow.align.heads import AlignmentHead
 from sailflow.backbones import load_text, load_vision
 from sailflow.data.images import decode_rgb
 from sailflow.io import read_json
+
+
+class EmbeddingModel(Protocol):
+    """What contrastive evaluation kinds (zeroshot, retrieval, Winoground, MMVP) score."""
+
+    def encode_image(self, images) -> torch.Tensor: ...  # image paths / PIL images -> [N, D], L2-normalised
+    def encode_text(self, texts: list[str]) -> torch.Tensor: ...  # strings -> [N, D], L2-normalised
+
+
+class GenerativeModel(Protocol):
+    """What generation-based evaluation kinds (VQA-style benchmarks) score: greedy answers."""
+
+    def generate(self, images, prompts: list[str], max_new_tokens: int) -> list[str]: ...
 
 
 def _rooted(spec: dict, root: Path) -> dict:
@@ -52,7 +66,7 @@ class AlignedModel(torch.nn.Module):
         root = Path(run_dir).resolve().parents[1]  # the workflow folder that holds results/
         vision = load_vision(cfg["vision"], _rooted(cfg["vision_backbone"], root), device)
         text = load_text(cfg["text"], _rooted(cfg["text_backbone"], root), device)
-        return cls(vision, text, load_head(align_dir).to(device), device)
+        return cls(vision, text, AlignmentHead.load(align_dir).to(device), device)
 
     @torch.no_grad()
     def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:

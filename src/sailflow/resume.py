@@ -18,6 +18,11 @@ not continue on them. Reading headers and ``stat`` keeps this cheap for terabyte
 
 ``identity.json`` is written before the first checkpoint and removed last by :func:`finish_state`,
 so a state folder without one (or with another) is never trusted.
+
+:func:`save_checkpoint` / :func:`load_checkpoint` keep a whole training state in one safetensors file:
+a module's state dict, its optimizer's per-parameter tensors (by parameter name), the torch RNG and
+the step, plus whatever the trainer adds; nothing is pickled. (Trainers built on transformers'
+Trainer keep its checkpoint folders inside the state folder instead.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import shutil
 import struct
 import sys
 from pathlib import Path
+
+from sailflow.config import digest
 
 IDENTITY = "identity.json"
 
@@ -55,17 +62,13 @@ def file_identity(path: str | os.PathLike) -> dict:
     return ident
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def run_identity(settings: dict, inputs: dict[str, list[str | os.PathLike]], **extra) -> dict:
     """The identity of a training run: a digest of ``settings`` (only what decides the result, not
     logging or checkpoint intervals), one digest per input label (``{label: [files]}``) and ``extra``
     values (e.g. ``world``: the process count)."""
     return {
-        "settings": _digest(settings),
-        "inputs": {label: _digest([file_identity(p) for p in paths]) for label, paths in inputs.items()},
+        "settings": digest(settings),
+        "inputs": {label: digest([file_identity(p) for p in paths]) for label, paths in inputs.items()},
         **extra,
     }
 
@@ -117,3 +120,52 @@ def finish_state(state_dir: str | os.PathLike) -> None:
     if state_dir.exists():
         (state_dir / IDENTITY).unlink(missing_ok=True)  # first: a half-removed folder is never trusted
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def save_checkpoint(path: str | os.PathLike, model, optimizer, step: int, fingerprint: str,
+                    meta: dict[str, str] | None = None, tensors: dict | None = None) -> None:
+    """Write ``model``'s state dict, ``optimizer``'s tensors, the torch RNG state and ``step`` to
+    ``path`` (safetensors), atomically. ``fingerprint`` identifies the run (checked on load)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sailflow.io import atomic_path
+
+    names = {p: n for n, p in model.named_parameters()}
+    out = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"optim.{names[p]}.{k}"] = v.detach().cpu().contiguous()
+    out["rng.torch"] = torch.get_rng_state()
+    out.update(tensors or {})
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp), metadata={"step": str(step), "fingerprint": fingerprint, **(meta or {})})
+
+
+def load_checkpoint(path: str | os.PathLike, model, optimizer, fingerprint: str, log=sys.stderr, name: str = "train"):
+    """Restore what :func:`save_checkpoint` wrote (strictly) into ``model`` and ``optimizer`` and the
+    torch RNG; return ``(step, metadata, tensors)``, or None when there is no checkpoint of this run."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    if meta.get("fingerprint") != fingerprint:
+        print(f"[{name}] starting fresh: {path} was written by another run", file=log, flush=True)
+        return None
+    t = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
+    params = dict(model.named_parameters())
+    for key, v in t.items():
+        if key.startswith("optim."):
+            pname, slot = key[6:].rsplit(".", 1)
+            optimizer.state[params[pname]][slot] = v.to(params[pname].device)
+    torch.set_rng_state(t["rng.torch"])
+    step = int(meta["step"])
+    print(f"[{name}] resumed from step {step} ({path})", file=log, flush=True)
+    return step, meta, t

@@ -5,8 +5,8 @@ rule align:
     input:
         unpack(run_inputs),
     output:
-        head="results/{run}/align/head.safetensors",
-        config="results/{run}/align/config.json",
+        head=paths.align_head("{run}"),
+        config=paths.align_config("{run}"),
     params:
         settings=align_settings,
         meta=run_meta,
@@ -17,6 +17,8 @@ rule align:
         checkpoint_every=align_runtime("checkpoint_every"),
     log:
         "logs/{run}/align.log",
+    benchmark:
+        "logs/benchmark/{run}/align.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -27,7 +29,7 @@ rule probe:
     input:
         unpack(probe_inputs),
     output:
-        "results/probe/{dataset}/{vision}__{text}.json",
+        paths.probe("{dataset}", "{vision}", "{text}"),
     params:
         settings=probe_settings,
         meta=probe_meta,

@@ -1,6 +1,4 @@
 # Config validation and the few functions that build paths and per-rule options.
-import hashlib
-import json
 import re
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
@@ -8,8 +6,10 @@ from types import SimpleNamespace
 from snakemake.utils import validate
 
 from sailflow.backbones.hub import needs_fetch, use_model_cache
-from sailflow.config import check_config  # torch-free
-from sailflow.evaluate.datasets import TEXT_ONLY_KEYS, task_files  # torch-free
+from sailflow.config import export_source
+from sailflow import paths  # one path function per artifact, shared with the library
+from sailflow.config import ALIGN_RUNTIME_KEYS, PARALLELISM_KEYS, check_config, digest, without  # torch-free
+from sailflow.evaluate.kinds import check_task, kind_of  # torch-free
 
 
 # Every error with its key path first (Snakemake's own message prints the whole schema), then
@@ -27,16 +27,12 @@ wildcard_constraints:
 
 def chunks_of(dataset):
     """Chunk names of a dataset: 0000, 0001, ... (n_chunks from config)."""
-    return [f"{i:04d}" for i in range(DATASETS[dataset]["n_chunks"])]
-
-
-def data_dir(dataset):
-    return f"results/data/{dataset}"
+    return [paths.chunk_name(i) for i in range(DATASETS[dataset]["n_chunks"])]
 
 
 def chunk_paths(dataset, name):
     """The per-chunk file `name` of every chunk of `dataset`."""
-    return [f"{data_dir(dataset)}/chunks/{c}/{name}" for c in chunks_of(dataset)]
+    return [paths.chunk_file(dataset, c, name) for c in chunks_of(dataset)]
 
 
 def dataset_source(wildcards):
@@ -54,7 +50,7 @@ def table_options(wildcards):
     fmt = ds["format"]
     return {
         "format": fmt,
-        "url_column": ds.get("url_column", "Image Path" if fmt == "dreamlip" else "url"),
+        "url_column": ds.get("url_column"),  # None: the format's (sailflow.data.urls.normalize_table)
         "caption_sources": ds["caption_sources"],
         "allow_local_urls": ds["allow_local_urls"],
         "on_bad_row": ds["on_bad_row"],
@@ -71,9 +67,6 @@ def section_options(section, dataset):
     return {**config[section], **DATASETS[dataset].get(section, {})}
 
 
-# Keys that only set parallelism: they go to threads/resources, not params, so that changing them
-# does not rerun anything.
-RUNTIME_KEYS = {"processes", "threads"}
 
 
 # The download's success-rate gate decides whether a job passes, not what it downloads: it goes to
@@ -83,7 +76,7 @@ DOWNLOAD_GATE_KEYS = {"min_success_rate"}
 
 def download_options(wildcards):
     opts = section_options("download", wildcards.dataset)
-    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS | DOWNLOAD_GATE_KEYS}
+    return without(opts, PARALLELISM_KEYS | DOWNLOAD_GATE_KEYS)  # parallelism goes to threads/resources
 
 
 def download_min_success_rate(wildcards):
@@ -93,7 +86,7 @@ def download_min_success_rate(wildcards):
 
 def image_limits(wildcards):
     opts = section_options("filter", wildcards.dataset)
-    return {k: v for k, v in opts.items() if k not in RUNTIME_KEYS}
+    return without(opts, PARALLELISM_KEYS)
 
 
 def download_limits(wildcards):
@@ -130,6 +123,7 @@ CAPTION_SOURCES = sorted({c for d in DATASETS for c in caption_sources(d)})
 # Hub models are fetched by the fetch_model rule (a local rule) into hub.hf_home; every other job
 # loads them with the hub offline (compute nodes of a cluster usually have no internet).
 use_model_cache(config["hub"]["hf_home"], offline=True)
+export_source(workflow.basedir)  # for the conda env's post-deploy install (envs/sailflow.post-deploy.sh)
 HUB_MODELS = [n for n, b in BACKBONES.items() if needs_fetch(b)]
 
 
@@ -168,7 +162,7 @@ def backbone_model_input(kind):
         b = BACKBONES[name]
         if "build" in b:
             return [b["path"]]
-        return [f"resources/models/{name}.json"] if needs_fetch(b) else []
+        return [paths.model_record(name)] if needs_fetch(b) else []
 
     return inputs
 
@@ -182,12 +176,12 @@ def encode_batch_size(kind):
 
 
 def image_embedding_paths(dataset, vision):
-    return [f"results/embeddings/{dataset}/image/{vision}/{c}.safetensors" for c in chunks_of(dataset)]
+    return [paths.image_embeddings(dataset, vision, c) for c in chunks_of(dataset)]
 
 
 def text_embedding_paths(dataset, text, sources=None):
     return [
-        f"results/embeddings/{dataset}/text/{text}/{s}/{c}.safetensors"
+        paths.text_embeddings(dataset, text, s, c)
         for s in (sources or caption_sources(dataset))
         for c in chunks_of(dataset)
     ]
@@ -196,7 +190,6 @@ def text_embedding_paths(dataset, text, sources=None):
 # ---- runs (alignment and later stages) --------------------------------------------------------
 
 RUNS = config["runs"]
-ALIGN_RUNTIME_KEYS = {"log_every", "checkpoint_every"}
 
 
 wildcard_constraints:
@@ -229,7 +222,7 @@ def align_all_settings(run):
 
 def align_settings(wildcards):
     """params: the settings that decide the trained head (not logging/checkpoint intervals)."""
-    return {k: v for k, v in align_all_settings(wildcards.run).items() if k not in ALIGN_RUNTIME_KEYS}
+    return without(align_all_settings(wildcards.run), ALIGN_RUNTIME_KEYS)
 
 
 def align_runtime(key):
@@ -265,7 +258,7 @@ def run_meta(wildcards):
 
 def probe_settings(wildcards):
     s = {**config["align"], **config["probe"]["align"], **DATASETS[wildcards.dataset].get("probe_align", {})}
-    return {k: v for k, v in s.items() if k not in ALIGN_RUNTIME_KEYS}
+    return without(s, ALIGN_RUNTIME_KEYS)
 
 
 def probe_inputs(wildcards):
@@ -299,6 +292,8 @@ def _check_eval(run):
 
 for _run in RUNS:
     _check_eval(_run)
+for _task, _spec in EVAL_TASKS.items():  # each kind checks its own keys (the schema knows only `kind`)
+    check_task(_spec, _task)
 
 
 _WARNED_MISSING = set()  # external evaluation data reported missing (once per path)
@@ -308,14 +303,15 @@ def eval_data_inputs(wildcards):
     """Inputs of jobs that read a task's data. Data under results/ is made by this workflow (the
     demo sets) and always an input; data elsewhere (ImageNet, COCO, ...) is read where it lies: an
     input when present, otherwise reported now, when the job is planned, and an error when it runs."""
-    paths = []
-    for p in task_files(EVAL_TASKS[wildcards.task]):
-        if p.startswith("results/") or Path(p).exists():
-            paths.append(p)
+    spec = EVAL_TASKS[wildcards.task]
+    files = []
+    for p in kind_of(spec).files(spec):
+        if p.startswith(f"{paths.RESULTS}/") or Path(p).exists():
+            files.append(p)
         elif p not in _WARNED_MISSING:
             _WARNED_MISSING.add(p)
             logger.warning(f"eval_tasks.{wildcards.task}: {p} does not exist (yet); its evaluation jobs will fail until it does")
-    return paths
+    return files
 
 
 def eval_task_spec(wildcards):
@@ -325,30 +321,30 @@ def eval_task_spec(wildcards):
 def eval_task_image_spec(wildcards):
     """params of image features: the task without its text-only keys, so a new prompt set
     re-encodes prompts, not images."""
-    return {k: v for k, v in EVAL_TASKS[wildcards.task].items() if k not in TEXT_ONLY_KEYS}
+    spec = EVAL_TASKS[wildcards.task]
+    return {k: v for k, v in spec.items() if k not in kind_of(spec).text_only_keys}
 
 
 def eval_features(wildcards):
     r = RUNS[wildcards.run]
     return {
-        "image": f"results/eval/{wildcards.task}/image/{r['vision']}.safetensors",
-        "text": f"results/eval/{wildcards.task}/text/{r['text']}.safetensors",
+        "image": paths.eval_image_features(wildcards.task, r["vision"]),
+        "text": paths.eval_text_features(wildcards.task, r["text"]),
     }
 
 
 def eval_settings(wildcards):
-    """params of scoring beyond the task itself (retrieval only: which R@k, examples for the report)."""
-    if EVAL_TASKS[wildcards.task]["kind"] != "retrieval":
-        return {}
-    return {"recall_k": config["eval"]["recall_k"], "examples": config["eval"]["report_examples"]}
+    """params of scoring beyond the task itself: the `eval:` values its kind reads (retrieval: R@k and
+    examples for the report)."""
+    return {k: config["eval"][k] for k in kind_of(EVAL_TASKS[wildcards.task]).settings}
 
 
 def run_eval_results(wildcards):
-    return [f"results/{wildcards.run}/eval/{t}.json" for t in RUNS[wildcards.run]["eval"]]
+    return [paths.eval_result(wildcards.run, t) for t in RUNS[wildcards.run]["eval"]]
 
 
 def run_manifests(wildcards):
-    return [f"{data_dir(d['dataset'])}/manifest.json" for d in RUNS[wildcards.run]["data"]]
+    return [paths.manifest(d["dataset"]) for d in RUNS[wildcards.run]["data"]]
 
 
 def dataset_settings(dataset):
@@ -364,7 +360,7 @@ def run_fingerprint(wildcards):
     cfg = {**run_meta(wildcards), "align": align_settings(wildcards), "eval": {t: EVAL_TASKS[t] for t in r["eval"]},
            "eval_settings": config["eval"],
            "datasets": {d["dataset"]: dataset_settings(d["dataset"]) for d in r["data"]}}
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(cfg)
 
 
 def report_targets():
@@ -373,8 +369,8 @@ def report_targets():
     for run in runs:
         if run not in RUNS:
             raise ValueError(f"report.runs: unknown run {run!r}")
-    out = ["results/report/metrics.html"] if runs else []
+    out = [paths.report_metrics()] if runs else []
     for run in runs:
-        out += [f"results/{run}/report/loss.svg", f"results/{run}/report/data.html"]
-        out += [f"results/{run}/report/retrieval_{t}.png" for t in RUNS[run]["eval"] if EVAL_TASKS[t]["kind"] == "retrieval"]
+        out += [paths.report_file(run, "loss.svg"), paths.report_file(run, "data.html")]
+        out += [paths.report_file(run, f"retrieval_{t}.png") for t in RUNS[run]["eval"] if EVAL_TASKS[t]["kind"] == "retrieval"]
     return out

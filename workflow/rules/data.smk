@@ -1,5 +1,5 @@
 # Data stages: source table -> urls.parquet -> chunks -> img2dataset shards -> filtered
-# samples.parquet per chunk + manifest.json per dataset. Paths: ../../DESIGN.md (Artifacts).
+# samples.parquet per chunk + manifest.json per dataset. Paths: src/sailflow/paths.py.
 
 
 rule fetch_source:
@@ -7,6 +7,7 @@ rule fetch_source:
         "resources/sources/{dataset}/{filename}",
     params:
         url=source_url,
+    localrule: True  # a download: the login node has the internet that compute nodes often lack
     log:
         "logs/data/{dataset}/fetch_{filename}.log",
     conda:
@@ -19,8 +20,8 @@ rule normalize_urls:
     input:
         dataset_source,
     output:
-        urls="results/data/{dataset}/urls.parquet",
-        report="results/data/{dataset}/urls.json",
+        urls=paths.urls("{dataset}"),
+        report=paths.urls_report("{dataset}"),
     params:
         table=table_options,
     log:
@@ -38,11 +39,12 @@ for _ds in DATASETS:
         name:
             f"split_urls_{_ds}"
         input:
-            f"{data_dir(_ds)}/urls.parquet",
+            paths.urls(_ds),
         output:
             chunk_paths(_ds, "urls.parquet"),
         params:
             n_chunks=DATASETS[_ds]["n_chunks"],  # a new chunk count must re-split
+        localrule: True  # streams the table into chunks, batch by batch: little memory, no cluster job
         log:
             f"logs/data/{_ds}/split.log",
         conda:
@@ -54,18 +56,19 @@ for _ds in DATASETS:
         name:
             f"cleanup_{_ds}"
         input:
-            report=f"{data_dir(_ds)}/urls.json",
+            report=paths.urls_report(_ds),
             urls=chunk_paths(_ds, "urls.parquet"),
             downloads=chunk_paths(_ds, "download.json"),
             filtered=chunk_paths(_ds, "filtered.parquet"),
             filter_reports=chunk_paths(_ds, "filter.json"),
         output:
             samples=chunk_paths(_ds, "samples.parquet"),
-            manifest=f"{data_dir(_ds)}/manifest.json",
+            manifest=paths.manifest(_ds),
         params:
             dataset=_ds,
             chunks=chunks_of(_ds),
             caption_sources=caption_sources(_ds),
+        # not a localrule: rewrites every chunk's table and holds every image hash of the dataset (GBs at 15M)
         log:
             f"logs/data/{_ds}/cleanup.log",
         conda:
@@ -76,9 +79,9 @@ for _ds in DATASETS:
 
 rule download_chunk:
     input:
-        "results/data/{dataset}/chunks/{chunk}/urls.parquet",
+        paths.chunk_file("{dataset}", "{chunk}", "urls.parquet"),
     output:
-        "results/data/{dataset}/chunks/{chunk}/download.json",
+        paths.chunk_file("{dataset}", "{chunk}", "download.json"),
     params:
         options=download_options,
         limits=download_limits,
@@ -90,6 +93,8 @@ rule download_chunk:
         min_success_rate=download_min_success_rate,
     log:
         "logs/data/{dataset}/download/{chunk}.log",
+    benchmark:
+        "logs/benchmark/data/{dataset}/download/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -98,10 +103,10 @@ rule download_chunk:
 
 rule filter_chunk:
     input:
-        "results/data/{dataset}/chunks/{chunk}/download.json",
+        paths.chunk_file("{dataset}", "{chunk}", "download.json"),
     output:
-        filtered="results/data/{dataset}/chunks/{chunk}/filtered.parquet",
-        report="results/data/{dataset}/chunks/{chunk}/filter.json",
+        filtered=paths.chunk_file("{dataset}", "{chunk}", "filtered.parquet"),
+        report=paths.chunk_file("{dataset}", "{chunk}", "filter.json"),
     params:
         limits=image_limits,
     threads: filter_processes

@@ -1,13 +1,13 @@
-# Pre-encoding: frozen backbones over every chunk. One job per (dataset, chunk, backbone[, caption
+# Encoding with frozen backbones, done once before training: one job per (dataset, chunk, backbone[, caption
 # source]); row k of each output is row k of the chunk's samples.parquet.
 
 
 rule encode_images:
     input:
-        samples="results/data/{dataset}/chunks/{chunk}/samples.parquet",
+        samples=paths.chunk_file("{dataset}", "{chunk}", "samples.parquet"),
         model=backbone_model_input("vision"),
     output:
-        "results/embeddings/{dataset}/image/{vision}/{chunk}.safetensors",
+        paths.image_embeddings("{dataset}", "{vision}", "{chunk}"),
     params:
         backbone=backbone_spec("vision"),
         dtype=config["encode"]["dtype"],
@@ -17,6 +17,8 @@ rule encode_images:
         batch_size=encode_batch_size("vision"),
     log:
         "logs/encode/{dataset}/image/{vision}/{chunk}.log",
+    benchmark:
+        "logs/benchmark/encode/{dataset}/image/{vision}/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -25,10 +27,10 @@ rule encode_images:
 
 rule encode_texts:
     input:
-        samples="results/data/{dataset}/chunks/{chunk}/samples.parquet",
+        samples=paths.chunk_file("{dataset}", "{chunk}", "samples.parquet"),
         model=backbone_model_input("text"),
     output:
-        "results/embeddings/{dataset}/text/{text}/{caption_source}/{chunk}.safetensors",
+        paths.text_embeddings("{dataset}", "{text}", "{caption_source}", "{chunk}"),
     params:
         backbone=backbone_spec("text"),
         dtype=config["encode"]["dtype"],
@@ -37,6 +39,8 @@ rule encode_texts:
         batch_size=encode_batch_size("text"),
     log:
         "logs/encode/{dataset}/text/{text}/{caption_source}/{chunk}.log",
+    benchmark:
+        "logs/benchmark/encode/{dataset}/text/{text}/{caption_source}/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -49,9 +53,10 @@ rule check_embeddings:
         image=lambda w: image_embedding_paths(w.dataset, w.vision),
         text=lambda w: text_embedding_paths(w.dataset, w.text),
     output:
-        "results/embeddings/{dataset}/{vision}__{text}.json",
+        paths.embeddings_check("{dataset}", "{vision}", "{text}"),
     params:
         caption_sources=lambda w: caption_sources(w.dataset),
+    localrule: True  # reads file headers and sample ids, not the embeddings
     log:
         "logs/encode/{dataset}/check_{vision}__{text}.log",
     conda:

@@ -7,7 +7,7 @@ rule eval_image_features:
         data=eval_data_inputs,
         model=backbone_model_input("vision"),
     output:
-        "results/eval/{task}/image/{vision}.safetensors",
+        paths.eval_image_features("{task}", "{vision}"),
     params:
         task=eval_task_image_spec,
         backbone=backbone_spec("vision"),
@@ -18,6 +18,8 @@ rule eval_image_features:
         batch_size=encode_batch_size("vision"),
     log:
         "logs/eval/{task}/image/{vision}.log",
+    benchmark:
+        "logs/benchmark/eval/{task}/image/{vision}.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -29,7 +31,7 @@ rule eval_text_features:
         data=eval_data_inputs,
         model=backbone_model_input("text"),
     output:
-        "results/eval/{task}/text/{text}.safetensors",
+        paths.eval_text_features("{task}", "{text}"),
     params:
         task=eval_task_spec,
         backbone=backbone_spec("text"),
@@ -39,6 +41,8 @@ rule eval_text_features:
         batch_size=encode_batch_size("text"),
     log:
         "logs/eval/{task}/text/{text}.log",
+    benchmark:
+        "logs/benchmark/eval/{task}/text/{text}.tsv"
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -48,11 +52,11 @@ rule eval_text_features:
 rule evaluate:
     input:
         unpack(eval_features),
-        head="results/{run}/align/head.safetensors",
-        config="results/{run}/align/config.json",
+        head=paths.align_head("{run}"),
+        config=paths.align_config("{run}"),
         data=eval_data_inputs,
     output:
-        "results/{run}/eval/{task}.json",
+        paths.eval_result("{run}", "{task}"),
     params:
         task=eval_task_spec,
         settings=eval_settings,
@@ -69,12 +73,13 @@ rule evaluate:
 rule eval_summary:
     input:
         tasks=run_eval_results,
-        align="results/{run}/align/config.json",
+        align=paths.align_config("{run}"),
         manifests=run_manifests,
     output:
-        "results/{run}/eval.json",
+        paths.eval_summary("{run}"),
     params:
         fingerprint=run_fingerprint,
+    localrule: True  # merges small JSON files
     log:
         "logs/{run}/eval_summary.log",
     conda:

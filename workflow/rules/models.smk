@@ -4,9 +4,10 @@
 
 rule build_tiny_backbone:
     output:
-        directory("results/models/{backbone}"),
+        directory(paths.tiny_model("{backbone}")),
     params:
         kind=tiny_kind,
+    localrule: True  # a tiny random model saved in seconds
     log:
         "logs/models/{backbone}.log",
     conda:
@@ -17,7 +18,7 @@ rule build_tiny_backbone:
 
 rule fetch_model:
     output:
-        "resources/models/{model}.json",
+        paths.model_record("{model}"),
     params:
         backbone=lambda w: backbone_entry(w.model),
     localrule: True  # where Snakemake runs (the login node): compute nodes often have no internet

@@ -1,7 +1,8 @@
 """Backbone features of one evaluation set: its images (vision backbone) or its texts (text backbone)."""
 
 from sailflow.backbones import fingerprint, load_text, load_vision
-from sailflow.encode import ImageFiles, run_images, run_texts
+from sailflow.data.shards import ImageFiles
+from sailflow.encode import run_images, run_texts
 from sailflow.evaluate import tasks
 from sailflow.evaluate.features import save_features
 from sailflow.gpu import claim_devices
@@ -15,7 +16,7 @@ def main(smk):
     data = tasks.load(spec, task)
     is_image = hasattr(smk.wildcards, "vision")
     name = smk.wildcards.vision if is_image else smk.wildcards.text
-    keys = tasks.images_of(data) if is_image else tasks.texts_of(spec, data, task)
+    keys = tasks.images_of(spec, data, task) if is_image else tasks.texts_of(spec, data, task)
     print(f"device: {claim.device} ({claim.source}); task {task}: {len(keys)} {'images' if is_image else 'texts'}; backbone {name}")
     common = dict(batch_size=smk.resources.batch_size, store_dtype=smk.params.dtype, device=claim.device, log=log)
     if is_image:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from sailflow.align.heads import AlignmentHead
-from sailflow.align.train import write_head
 
 
 def infer_dims(state: dict) -> tuple[int, int]:
@@ -30,7 +29,7 @@ def convert(src: str | Path, out_dir: str | Path, head: str = "star", dim: int =
     vision_dim, text_dim = infer_dims(state)
     model = AlignmentHead(vision_dim, text_dim, dim=dim, head=head, width_factor=width_factor)
     model.load_state_dict(state, strict=True)
-    write_head(Path(out_dir), model, {"converted_from": str(src)})
+    model.save(out_dir, {"converted_from": str(src)})
     return model
 
 

@@ -15,6 +15,7 @@ Init as SAIL: xavier-uniform weights, zero biases, LayerNorm (1, 0), logit_scale
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -87,3 +88,31 @@ class AlignmentHead(nn.Module):
     def clamp_logit_scale(self) -> None:
         with torch.no_grad():
             self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def save(self, align_dir: str | Path, info: dict | None = None) -> None:
+        """Write ``head.safetensors`` (the state dict) and ``config.json`` (``{"head": constructor
+        arguments, **info}``: settings, backbones, training results), each atomically."""
+        from safetensors.torch import save_file
+
+        from sailflow.io import atomic_path, write_json
+
+        align_dir = Path(align_dir)
+        with atomic_path(align_dir / HEAD_FILE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp),
+                      metadata={"format": "sailflow-alignment-head"})
+        write_json(align_dir / CONFIG_FILE, {"head": self.config, **(info or {})})
+
+    @classmethod
+    def load(cls, align_dir: str | Path) -> "AlignmentHead":
+        """The head saved by :meth:`save` in ``align_dir`` (strictly: every key, every shape), in eval mode."""
+        from safetensors.torch import load_file
+
+        from sailflow.io import read_json
+
+        align_dir = Path(align_dir)
+        head = cls(**read_json(align_dir / CONFIG_FILE)["head"])
+        head.load_state_dict(load_file(str(align_dir / HEAD_FILE)), strict=True)
+        return head.eval()
+
+
+HEAD_FILE, CONFIG_FILE = "head.safetensors", "config.json"

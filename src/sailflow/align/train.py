@@ -24,71 +24,40 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
 from sailflow.align.heads import AlignmentHead
 from sailflow.align.loader import BatchSampler, EmbeddingPairs, prefetch
 from sailflow.align.losses import LOSSES
 from sailflow.align.optim import lr_at, make_optimizer
+from sailflow.config import ALIGN_RUNTIME_KEYS, without
 from sailflow.dtypes import autocast_dtype
 from sailflow.embeddings import open_chunks
-from sailflow.io import atomic_path, read_json, write_json
-from sailflow.resume import finish_state, prepare_state, run_identity
+from sailflow.io import atomic_path
+from sailflow.resume import finish_state, load_checkpoint, prepare_state, run_identity, save_checkpoint
 
-RUNTIME_KEYS = {"log_every", "checkpoint_every"}  # do not change the result: a resume may change them
+STATE_FILE = "state.safetensors"
+
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer, names: dict) -> dict[str, torch.Tensor]:
-    out = {}
-    for p, st in opt.state.items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                out[f"optim.{names[p]}.{k}"] = v.detach().cpu().contiguous()
-    return out
-
-
 def save_state(state_dir: Path, head, opt, step: int, fingerprint: str, log_lines: int, running: torch.Tensor, n_running: int) -> None:
     """Atomically write the training state at ``step`` (rank 0 only), including the loss summed so
     far in the current log interval, so a resumed run logs exactly what an uninterrupted one does."""
-    names = {p: n for n, p in head.named_parameters()}
-    tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tensors.update(_flatten_optimizer(opt, names))
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["log.running"] = running.detach().cpu().reshape(1)
-    meta = {"step": str(step), "fingerprint": fingerprint, "log_lines": str(log_lines), "n_running": str(n_running)}
-    with atomic_path(state_dir / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_checkpoint(state_dir / STATE_FILE, head, opt, step, fingerprint,
+                    meta={"log_lines": str(log_lines), "n_running": str(n_running)},
+                    tensors={"log.running": running.detach().cpu().reshape(1)})
 
 
 def load_state(state_dir: Path, head, opt, fingerprint: str, log=sys.stderr) -> tuple[int, int, float, int]:
-    """Restore the state if it exists and matches ``fingerprint`` (of the run's identity, which
-    :func:`sailflow.resume.prepare_state` has checked); return (step, log lines to keep, running
-    loss sum, steps in it)."""
-    path = state_dir / "state.safetensors"
-    fresh = (0, 0, 0.0, 0)
-    if not path.exists():
-        return fresh
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    if meta.get("fingerprint") != fingerprint:
-        print(f"[align] starting fresh: {path} was written by another run", file=log)
-        return fresh
-    t = load_file(str(path))
-    head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
-    params = dict(head.named_parameters())
-    for key, v in t.items():
-        if key.startswith("optim."):
-            name, slot = key[6:].rsplit(".", 1)
-            opt.state[params[name]][slot] = v.to(params[name].device)
-    torch.set_rng_state(t["rng.torch"])
-    step = int(meta["step"])
-    print(f"[align] resumed from step {step} ({path})", file=log)
+    """Restore the state if there is one of this run (see :func:`sailflow.resume.load_checkpoint`);
+    return (step, log lines to keep, running loss sum, steps in it)."""
+    ckpt = load_checkpoint(state_dir / STATE_FILE, head, opt, fingerprint, log, name="align")
+    if ckpt is None:
+        return 0, 0, 0.0, 0
+    step, meta, t = ckpt
     return step, int(meta["log_lines"]), float(t["log.running"][0]), int(meta["n_running"])
 
 
@@ -136,7 +105,7 @@ def train(args: dict, log=sys.stderr) -> dict:
                          logit_scale=float(s["logit_scale"]), logit_bias=float(s["logit_bias"])).to(device)
     opt = make_optimizer(head, s["optimizer"], float(s["lr"]), float(s["weight_decay"]), s["betas"], bool(s["decay_all"]))
     loss_fn = LOSSES[s["loss"]]()
-    identity = run_identity({k: v for k, v in s.items() if k not in RUNTIME_KEYS},
+    identity = run_identity(without(s, ALIGN_RUNTIME_KEYS),
                             {label: args.get(label) or [] for label in ("image", "text", "extra", "samples")}, world=world)
     fp = json.dumps(identity, sort_keys=True)
     if rank == 0:
@@ -218,7 +187,7 @@ def train(args: dict, log=sys.stderr) -> dict:
     if held is not None and len(held):
         result["holdout"] = holdout_retrieval(head, pairs, held, device)
     if rank == 0:
-        write_head(out_dir, head, {**args.get("meta", {}), "settings": s, **result, "world": world})
+        head.save(out_dir, {**args.get("meta", {}), "settings": s, **result, "world": world})
         finish_state(state_dir)  # finished: a rerun (new inputs, --forcerun) trains from scratch
     if dist.is_initialized():
         dist.barrier()
@@ -239,21 +208,6 @@ def holdout_retrieval(head: AlignmentHead, pairs: EmbeddingPairs, held: np.ndarr
         "text_to_image_r1": float((sim.argmax(0) == target).float().mean()),
         "chance": 1.0 / len(sim),
     }
-
-
-def write_head(out_dir: Path, head: AlignmentHead, config: dict) -> None:
-    """``head.safetensors`` (the head's state dict) and ``config.json`` (shapes, settings, backbones)."""
-    with atomic_path(out_dir / "head.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp),
-                  metadata={"format": "sailflow-alignment-head"})
-    write_json(out_dir / "config.json", {"head": head.config, **config})
-
-
-def load_head(run_align_dir: str | Path) -> AlignmentHead:
-    cfg = read_json(Path(run_align_dir) / "config.json")["head"]
-    head = AlignmentHead(**cfg)
-    head.load_state_dict(load_file(str(Path(run_align_dir) / "head.safetensors")), strict=True)
-    return head.eval()
 
 
 if __name__ == "__main__":

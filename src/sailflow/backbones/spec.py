@@ -11,8 +11,8 @@ from pathlib import Path
 # (workflow/schemas/config.schema.yaml), which fills it in: a spec reaching the library names its pooling.
 POOLINGS = {
     ("vision", "dinov2"): ("concat", "cls", "patch", "tokens", "tokens_cls"),
-    ("vision", "clip"): ("pooler",),
-    ("vision", "open_clip"): ("projected",),
+    ("vision", "clip"): ("pooler", "tokens"),
+    ("vision", "open_clip"): ("projected", "tokens"),
     ("text", "hf"): ("mean", "cls", "last"),
     ("text", "clip"): ("pooler",),
     ("text", "open_clip"): ("projected",),
@@ -79,3 +79,5 @@ def check_spec(name: str, spec: dict) -> None:
     if spec["pooling"] not in allowed:
         raise BackboneError(f"backbones.{name}.pooling {spec['pooling']!r} is not available for a {kind} {family} backbone; "
                             f"choose one of {list(allowed)}")
+    if kind == "vision" and family in ("clip", "open_clip") and spec["pooling"] == "tokens" and spec.get("layer") is None:
+        raise BackboneError(f"backbones.{name}: `tokens` of a {family} tower need a `layer` (LLaVA-1.5: -2; the config schema fills it in)")

@@ -4,14 +4,21 @@
 exactly the backbone's own processor; ``VisionBackbone(pixel_values [B, 3, H, W])`` returns
 ``[B, D]`` (pooled) or ``[B, N, D]`` (``tokens`` pooling, for LLaVA).
 
-Pooling for DINOv2 (on ``last_hidden_state``, i.e. after the final LayerNorm; register tokens,
-if any, are skipped):
+Pooling for DINOv2 (on ``last_hidden_state``, i.e. after the final LayerNorm, or on the output of
+block ``layer`` when the spec sets one; register tokens, if any, are skipped):
     cls         H[:, 0]                                  D = hidden
     patch       mean of the patch tokens                 D = hidden
     concat      [cls ; mean patch] (SAIL's default)      D = 2 * hidden
     tokens      the patch tokens                         [N, hidden]
     tokens_cls  each patch token after the CLS token     [N, 2 * hidden]
-CLIP vision: ``pooler_output`` (post-LN CLS, no projection). open_clip: ``encode_image`` (projected).
+CLIP vision: ``pooler`` (post-LN CLS, no projection) or ``tokens``: the patch tokens (CLS dropped)
+of ``hidden_states[layer]`` (LLaVA-1.5: layer -2, the penultimate block's output, no final norm).
+open_clip: ``projected`` (``encode_image``) or ``tokens``: the patch tokens of the same block of its
+visual transformer. ``layer`` counts as HF's ``hidden_states`` do: 0 is the embeddings, i the output
+of block i, -1 the last block.
+
+``VisionBackbone(x)`` runs without gradients (frozen encoding); ``features(x)`` is the same forward
+with autograd, for towers that train (LLaVA stage 2 with an unlocked tower).
 """
 
 from __future__ import annotations
@@ -36,13 +43,19 @@ class VisionBackbone(torch.nn.Module):
         self._forward = forward
         self.pooling = spec["pooling"]
 
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.model, pixel_values)
+
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._forward(self.model, pixel_values)
 
 
-def _dinov2_forward(pooling: str, n_registers: int, model, x):
-    h = model(pixel_values=x).last_hidden_state
+def _dinov2_forward(pooling: str, n_registers: int, layer, model, x):
+    if layer is None:
+        h = model(pixel_values=x).last_hidden_state
+    else:
+        h = model(pixel_values=x, output_hidden_states=True).hidden_states[layer]
     cls, patches = h[:, 0], h[:, 1 + n_registers :]
     if pooling == "cls":
         return cls
@@ -55,11 +68,20 @@ def _dinov2_forward(pooling: str, n_registers: int, model, x):
     return torch.cat([cls.unsqueeze(1).expand_as(patches), patches], dim=-1)  # tokens_cls
 
 
-def _clip_forward(model, x):
+def _clip_forward(pooling: str, layer, model, x):
+    if pooling == "tokens":
+        return model(pixel_values=x, output_hidden_states=True).hidden_states[layer][:, 1:]
     return model(pixel_values=x).pooler_output
 
 
-def _open_clip_forward(model, x):
+def _open_clip_forward(pooling: str, layer, model, x):
+    if pooling == "tokens":
+        n = len(model.visual.transformer.resblocks)
+        block = n + layer if layer < 0 else layer - 1  # hidden_states[layer] is the output of this block
+        if not 0 <= block < n:
+            raise BackboneError(f"layer {layer} is outside the {n} blocks of this open_clip tower")
+        out = model.visual.forward_intermediates(x, indices=[block], intermediates_only=True, output_fmt="NLC")
+        return out["image_intermediates"][0]  # class token split off by open_clip
     return model.encode_image(x)
 
 
@@ -77,19 +99,19 @@ def load_vision(name: str, spec: dict, device: str | torch.device = "cpu") -> Vi
             model = AutoModel.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kw)
             processor = AutoImageProcessor.from_pretrained(path, **kw)
             n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
-            forward = partial(_dinov2_forward, spec["pooling"], n_reg)
+            forward = partial(_dinov2_forward, spec["pooling"], n_reg, spec.get("layer"))
             preprocess = partial(_hf_preprocess, processor)
         elif family == "clip":
             from transformers import AutoImageProcessor, CLIPVisionModel
 
             model = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kw)
             preprocess = partial(_hf_preprocess, AutoImageProcessor.from_pretrained(path, **kw))
-            forward = _clip_forward
+            forward = partial(_clip_forward, spec["pooling"], spec.get("layer"))
         elif family == "open_clip":
             import open_clip
 
             model, _, preprocess = open_clip.create_model_and_transforms(path, pretrained=spec.get("pretrained"))
-            forward = _open_clip_forward
+            forward = partial(_open_clip_forward, spec["pooling"], spec.get("layer"))
         else:
             raise BackboneError(f"backbones.{name}: unknown vision family {family!r}")
     model.eval().requires_grad_(False).to(device)

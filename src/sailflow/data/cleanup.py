@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from sailflow.io import read_json, write_json, write_parquet
 
@@ -44,7 +45,8 @@ def cleanup_dataset(
     per_chunk = {}
     empty = Counter({c: 0 for c in caption_sources})
     kept_total = 0
-    for chunk, urls_p, dl_p, filt_p, frep_p, out_p in zip(chunks, chunk_urls, downloads, filtered, filter_reports, out_samples):
+    rows = zip(chunks, chunk_urls, downloads, filtered, filter_reports, out_samples)
+    for chunk, urls_p, dl_p, filt_p, frep_p, out_p in tqdm(rows, total=len(chunks), desc=f"{dataset} chunks", unit="chunk", mininterval=10):
         dl, frep = read_json(dl_p), read_json(frep_p)
         urls = pd.read_parquet(urls_p)
         images = pd.read_parquet(filt_p)

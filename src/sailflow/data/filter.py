@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from sailflow.data.images import ImageLimits, ImageRejected, decode_rgb
 from sailflow.io import write_json, write_parquet
@@ -97,9 +98,9 @@ def filter_chunk(
     if processes > 1 and len(jobs) > 1:
         # fork: this runs inside a Snakemake script, whose main module cannot be re-imported (spawn).
         with multiprocessing.get_context("fork").Pool(min(processes, len(jobs))) as pool:
-            results = pool.map(_filter_shard_star, jobs)
+            results = list(tqdm(pool.imap(_filter_shard_star, jobs), total=len(jobs), desc="filter shards", unit="shard", mininterval=10))
     else:
-        results = [filter_shard(*j) for j in jobs]
+        results = [filter_shard(*j) for j in tqdm(jobs, desc="filter shards", unit="shard", mininterval=10)]
     rows, dropped, examples = [], Counter(), {}
     for kept, d, ex in results:
         rows.extend(kept)

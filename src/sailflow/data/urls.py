@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sailflow import paths
 from sailflow.io import atomic_path
 
 DREAMLIP_COLUMNS = [
@@ -356,7 +357,7 @@ def normalize_table(
     out_path: str | os.PathLike,
     *,
     dataset: str,
-    url_column: str,
+    url_column: str | None,
     caption_sources: list[str] | dict[str, str],
     fmt: str | None = None,
     allow_local_urls: bool = False,
@@ -369,9 +370,11 @@ def normalize_table(
     ``empty_url``, ``bad_scheme`` (anything but http/https, or file:// when local URLs are allowed),
     ``no_caption`` (every caption source empty), ``duplicate_url`` (the first occurrence is kept).
     Local (file://) URLs without ``allow_local_urls`` stop the job with an error, since they read
-    files from this machine.
+    files from this machine. ``url_column`` None: ``Image Path`` for DreamLIP tables, ``url`` otherwise.
     """
     source = Path(source)
+    if url_column is None:
+        url_column = DREAMLIP_URL_COLUMN if fmt == "dreamlip" else "url"
     if not source.exists():
         raise TableError(f"{source}: source table not found (dataset {dataset!r})")
     if on_bad_row not in ON_BAD_ROW:
@@ -469,7 +472,7 @@ def _duplicate_mask(staged: Path, h: np.ndarray) -> np.ndarray:
 
 
 def chunk_name(i: int) -> str:
-    return f"{i:04d}"
+    return paths.chunk_name(i)
 
 
 def split_table(urls_path: str | os.PathLike, out_paths: list[str | os.PathLike]) -> list[int]:

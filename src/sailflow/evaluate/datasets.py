@@ -177,20 +177,3 @@ def mmvp_vlm(root: str | Path, image_folder: str = MMVP_IMAGE_FOLDER) -> Pairs:
 
 # Keys of an eval_tasks entry that choose its texts only (class names, prompts): its image features
 # do not depend on them.
-TEXT_ONLY_KEYS = ("classnames", "templates")
-
-
-def task_files(spec: dict) -> list[str]:
-    """The files and folders an ``eval_tasks:`` entry reads (its jobs' inputs). Torch-free, so the
-    Snakefile can import it."""
-    kind, root = spec["kind"], spec.get("root", "")
-    if kind == "zeroshot":
-        return [spec["folder"] if "folder" in spec else spec["csv"]]
-    if kind == "retrieval":
-        return [spec["annotations"], spec["images"]]
-    if kind == "winoground":
-        return [f"{root}/examples.jsonl", f"{root}/images"]
-    if kind == "mmvp":
-        return [f"{root}/Questions.csv", f"{root}/{MMVP_IMAGE_FOLDER}"]
-    raise EvalDataError(f"unknown evaluation kind {kind!r}; choose zeroshot, retrieval, winoground or mmvp")
-

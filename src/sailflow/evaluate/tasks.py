@@ -1,92 +1,45 @@
 """Evaluation tasks as configured under ``eval_tasks:``: load the set from disk, score a model.
 
-A task entry has a ``kind`` and the paths of its data:
+An entry has a ``kind`` (a module of :mod:`sailflow.evaluate.kinds`: zeroshot, retrieval, winoground,
+mmvp, ...) and that kind's keys (the paths of its data, prompts, ...). This module dispatches to the
+kind; it knows none of them.
 
-    zeroshot     folder (class sub-folders) or csv (path,label); classnames (optional: a list or
-                 a named list, matched to the sorted folder names / labels); templates (a list with
-                 {c} or a named set, see sailflow.evaluate.prompts)
-    retrieval    format (coco | flickr), annotations (Karpathy JSON / txt), images (their folder)
-    winoground   root (examples.jsonl + images/)
-    mmvp         root (Questions.csv + "MLLM_VLM Images"/<Type>/)
-
-``run(model, spec)`` works with any model that has ``encode_image(list of image paths)`` and
-``encode_text(list of str)``, each returning ``[N, D]`` L2-normalised embeddings.
+    from sailflow.evaluate import tasks
+    tasks.run(model, {"kind": "retrieval", "format": "coco", "annotations": "coco_test_karpathy.json", "images": "val2014"})
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sailflow.evaluate import datasets, mmvp, retrieval, winoground, zeroshot
-from sailflow.evaluate.prompts import classnames, prompts, templates
-
-KINDS = ("zeroshot", "retrieval", "winoground", "mmvp")
-TIE_RULES = {
-    "zeroshot": "equal logits: the lower class index ranks first",
-    "retrieval": "equal scores: the lower image / caption index ranks first",
-    "winoground": "strict >: a tie counts as wrong",
-    "mmvp": "strict >: a tied statement picks image 2 (the official softmax > 0.5 test)",
-}
-# The "task" field of result files: CLIP_benchmark's names where its metrics are ours (so
-# `clip_benchmark build` reads them); Winoground and MMVP-VLM keep their official metric names.
-CLIP_BENCHMARK_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
-                       "winoground": "winoground", "mmvp": "mmvp_vlm"}
+from sailflow.evaluate.kinds import KINDS, TaskError, check_task, kind_of, with_defaults  # noqa: F401 - the registry's API
 
 
 def load(spec: dict, name: str = "task"):
-    """The task's data: Classification, Retrieval or Pairs (paths and strings, no pixels yet)."""
-    kind = spec["kind"]
-    if kind == "zeroshot":
-        names = classnames(spec.get("classnames"), f"eval_tasks.{name}.classnames")
-        if "folder" in spec:
-            data = datasets.class_folders(spec["folder"])
-            if names is not None:
-                if len(names) != len(data.class_names):
-                    raise datasets.EvalDataError(f"{spec['folder']}: {len(data.class_names)} class folders but eval_tasks.{name}.classnames "
-                                                 f"has {len(names)} names (they are matched to the sorted folder names)")
-                data.class_names = list(names)
-            return data
-        if "csv" in spec:
-            return datasets.class_csv(spec["csv"], names)
-        raise ValueError(f"eval_tasks.{name}: a zeroshot task needs `folder` (class sub-folders) or `csv` (path,label)")
-    if kind == "retrieval":
-        loader = {"coco": datasets.coco_karpathy, "flickr": datasets.flickr_karpathy}.get(spec.get("format", "coco"))
-        if loader is None:
-            raise ValueError(f"eval_tasks.{name}.format must be coco or flickr, not {spec['format']!r}")
-        return loader(spec["annotations"], spec["images"])
-    if kind == "winoground":
-        return datasets.winoground(spec["root"])
-    if kind == "mmvp":
-        return datasets.mmvp_vlm(spec["root"])
-    raise ValueError(f"eval_tasks.{name}.kind must be one of {KINDS}, not {kind!r}")
+    """The task's data (paths and strings, no pixels yet)."""
+    return kind_of(spec, name).load(with_defaults(spec, name), name)
 
 
-def images_of(data) -> list[Path]:
-    """Every image path the task will ask a model to encode, each once, in order."""
-    if isinstance(data, datasets.Pairs):
-        return list(dict.fromkeys([*data.images0, *data.images1]))
-    return list(dict.fromkeys(data.images))
+def images_of(spec: dict, data, name: str = "task") -> list:
+    """Every image the task will ask a model to encode, each once, in order."""
+    return kind_of(spec, name).images(data)
 
 
 def texts_of(spec: dict, data, name: str = "task") -> list[str]:
     """Every text (prompt, caption, statement) the task will ask a model to encode, each once, in order."""
-    if spec["kind"] == "zeroshot":
-        texts = prompts(data.class_names, templates(spec["templates"], f"eval_tasks.{name}.templates"))
-    elif spec["kind"] == "retrieval":
-        texts = data.captions
-    else:
-        texts = [*data.captions0, *data.captions1]
-    return list(dict.fromkeys(texts))
+    return kind_of(spec, name).texts(with_defaults(spec, name), data, name)
 
 
-def run(model, spec: dict, data=None, name: str = "task", recall_k=(1, 5, 10), examples: int = 0) -> dict:
-    """Score ``model`` on the task: ``{"metrics", "counts", "chance"}`` (+ ``examples`` for retrieval)."""
-    data = load(spec, name) if data is None else data
-    kind = spec["kind"]
-    if kind == "zeroshot":
-        return zeroshot.evaluate(model, data, templates(spec["templates"], f"eval_tasks.{name}.templates"))
-    if kind == "retrieval":
-        return retrieval.evaluate(model, data, tuple(recall_k), examples)
-    if kind == "winoground":
-        return winoground.evaluate(model, data)
-    return mmvp.evaluate(model, data)
+def files_of(spec: dict, name: str = "task") -> list[str]:
+    """The files and folders the task reads (its jobs' inputs); torch-free."""
+    return kind_of(spec, name).files(with_defaults(spec, name))
+
+
+def run(model, spec: dict, data=None, name: str = "task", settings: dict | None = None) -> dict:
+    """Score ``model`` on the task: ``{"metrics", "counts", "chance"}`` (+ what the kind adds, e.g.
+    ``examples``). ``settings``: the config's ``eval:`` values the kind reads (defaults otherwise)."""
+    kind = check_task(spec, name)
+    missing = [cap for cap in kind.needs if not callable(getattr(model, cap, None))]
+    if missing:
+        raise TaskError(f"eval_tasks.{name}: a {kind.name} task needs a model with {missing}; {type(model).__name__} has none")
+    spec = with_defaults(spec, name)
+    data = kind.load(spec, name) if data is None else data
+    return kind.score(model, spec, data, name, settings or {})

@@ -12,10 +12,14 @@ increasing affine map of it, so every comparison comes out the same).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-import torch
-
+from sailflow.evaluate import datasets
 from sailflow.evaluate.datasets import Pairs
+from sailflow.evaluate.kinds import TaskKind
+
+if TYPE_CHECKING:
+    import torch
 
 CHANCE = {"text": 1 / 4, "image": 1 / 4, "group": 1 / 6}
 
@@ -39,6 +43,8 @@ def winoground_scores(s: torch.Tensor, groups: list[str] | None = None) -> dict:
 
 def pair_scores(model, data: Pairs) -> torch.Tensor:
     """``[N, 2, 2]`` caption x image cosine similarities of a 2x2 set (images are encoded once each)."""
+    import torch
+
     paths = list(dict.fromkeys([*data.images0, *data.images1]))
     row = {p: n for n, p in enumerate(paths)}
     img = model.encode_image(paths).float()
@@ -50,3 +56,25 @@ def pair_scores(model, data: Pairs) -> torch.Tensor:
 def evaluate(model, data: Pairs) -> dict:
     return {"metrics": winoground_scores(pair_scores(model, data), data.groups),
             "counts": {"examples": len(data.images0)}, "chance": dict(CHANCE)}
+
+
+def pair_images(data: Pairs) -> list:
+    return list(dict.fromkeys([*data.images0, *data.images1]))
+
+
+def pair_texts(spec: dict, data: Pairs, name: str) -> list[str]:
+    return list(dict.fromkeys([*data.captions0, *data.captions1]))
+
+
+KIND = TaskKind(
+    name="winoground",
+    keys={"root": "examples.jsonl + images/<name>.png (the raw release)"},
+    required=("root",),
+    files=lambda spec: [f"{spec['root']}/examples.jsonl", f"{spec['root']}/images"],
+    load=lambda spec, name: datasets.winoground(spec["root"]),
+    images=pair_images,
+    texts=pair_texts,
+    score=lambda model, spec, data, name, settings: evaluate(model, data),
+    tie_rule="strict >: a tie counts as wrong",
+    result_task="winoground",  # its official metric names, not CLIP_benchmark's
+)

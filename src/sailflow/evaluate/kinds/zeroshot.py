@@ -11,18 +11,20 @@ skipped). Ties: the lower class index ranks first (see :mod:`sailflow.evaluate.r
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+from sailflow.evaluate import datasets
+from sailflow.evaluate.kinds import TaskKind
+from sailflow.evaluate.prompts import classnames, prompts, templates
 
-from sailflow.evaluate.datasets import Classification
-from sailflow.evaluate.prompts import prompts
-from sailflow.evaluate.ranking import topk_indices
+if TYPE_CHECKING:
+    import torch
 
 
 def classifier_weights(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
     """``prompt_emb``: ``[C * T, D]`` class-major (see :func:`prompts`) -> ``[D, C]`` weights."""
+    import torch.nn.functional as F
+
     e = F.normalize(prompt_emb.float(), dim=-1).reshape(n_classes, -1, prompt_emb.shape[-1])
     return F.normalize(e.mean(1), dim=-1).T
 
@@ -34,6 +36,10 @@ def classifier(class_names: list[str], templates: list[str], encode_text: Callab
 
 def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> dict:
     """acc1, acc5 and mean per-class recall of ``100 * normalize(image_emb) @ weights``."""
+    import torch.nn.functional as F
+
+    from sailflow.evaluate.ranking import topk_indices
+
     logits = 100.0 * F.normalize(image_emb.float(), dim=-1) @ weights
     n_classes = logits.shape[1]
     top = topk_indices(logits, 5)
@@ -47,11 +53,54 @@ def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targe
     }
 
 
-def evaluate(model, data: Classification, templates: list[str]) -> dict:
+def evaluate(model, data: datasets.Classification, templates: list[str]) -> dict:
     """Score ``model`` (``encode_image(paths)``, ``encode_text(strings)``, both ``[N, D]``) on a
     classification set. Chance: 1/C at top-1 (and min(5, C)/C at top-5) for balanced classes."""
+    import torch
+
     weights = classifier(data.class_names, templates, model.encode_text)
     metrics = classification_metrics(model.encode_image(data.images), weights, torch.as_tensor(data.labels))
     c = len(data.class_names)
     return {"metrics": metrics, "counts": {"images": len(data.images), "classes": c, "templates": len(templates)},
             "chance": {"acc1": 1 / c, "acc5": min(5, c) / c if c >= 5 else math.nan, "mean_per_class_recall": 1 / c}}
+
+
+def load(spec: dict, name: str) -> datasets.Classification:
+    names = classnames(spec.get("classnames"), f"eval_tasks.{name}.classnames")
+    if "csv" in spec:
+        return datasets.class_csv(spec["csv"], names)
+    data = datasets.class_folders(spec["folder"])
+    if names is not None:
+        if len(names) != len(data.class_names):
+            raise datasets.EvalDataError(f"{spec['folder']}: {len(data.class_names)} class folders but eval_tasks.{name}.classnames "
+                            f"has {len(names)} names (they are matched to the sorted folder names)")
+        data.class_names = list(names)
+    return data
+
+
+def _texts(spec: dict, data, name: str) -> list[str]:
+    return list(dict.fromkeys(prompts(data.class_names, templates(spec["templates"], f"eval_tasks.{name}.templates"))))
+
+
+def _score(model, spec: dict, data, name: str, settings: dict) -> dict:
+    return evaluate(model, data, templates(spec["templates"], f"eval_tasks.{name}.templates"))
+
+
+KIND = TaskKind(
+    name="zeroshot",
+    keys={
+        "folder": "class sub-folders (ImageNet val layout); classes = sorted folder names",
+        "csv": "a CSV of path,label (paths relative to it)",
+        "classnames": "class names in the sorted folder (or label) order: a list or a named list (imagenet1k)",
+        "templates": "prompts with {c}: a list or a named set (openai_imagenet, simple_imagenet, cifar)",
+    },
+    required=(("folder", "csv"), "templates"),
+    files=lambda spec: [spec["folder"] if "folder" in spec else spec["csv"]],
+    load=load,
+    images=lambda data: list(dict.fromkeys(data.images)),
+    texts=_texts,
+    score=_score,
+    tie_rule="equal logits: the lower class index ranks first",
+    result_task="zeroshot_classification",
+    text_only_keys=("classnames", "templates"),
+)

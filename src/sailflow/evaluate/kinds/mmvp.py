@@ -8,11 +8,15 @@ the paper print percentages). Chance: 1/4 per pair.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-import torch
+from sailflow.evaluate import datasets
+from sailflow.evaluate.datasets import MMVP_IMAGE_FOLDER, Pairs
+from sailflow.evaluate.kinds import TaskKind
+from sailflow.evaluate.kinds.winoground import pair_images, pair_scores, pair_texts
 
-from sailflow.evaluate.datasets import Pairs
-from sailflow.evaluate.winoground import pair_scores
+if TYPE_CHECKING:
+    import torch
 
 
 def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
@@ -31,3 +35,17 @@ def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
 def evaluate(model, data: Pairs) -> dict:
     return {"metrics": mmvp_scores(pair_scores(model, data), data.groups),
             "counts": {"pairs": len(data.images0), "patterns": len(set(data.groups))}, "chance": {"average": 0.25}}
+
+
+KIND = TaskKind(
+    name="mmvp",
+    keys={"root": 'Questions.csv + "MLLM_VLM Images"/<Type>/<id>.jpg (HF MMVP/MMVP_VLM)'},
+    required=("root",),
+    files=lambda spec: [f"{spec['root']}/Questions.csv", f"{spec['root']}/{MMVP_IMAGE_FOLDER}"],
+    load=lambda spec, name: datasets.mmvp_vlm(spec["root"]),
+    images=pair_images,
+    texts=pair_texts,
+    score=lambda model, spec, data, name, settings: evaluate(model, data),
+    tie_rule="strict >: a tied statement picks image 2 (the official softmax > 0.5 test)",
+    result_task="mmvp_vlm",
+)

@@ -12,14 +12,21 @@ Ties: the lower index ranks first.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-
+from sailflow.evaluate import datasets
 from sailflow.evaluate.datasets import Retrieval
-from sailflow.evaluate.ranking import topk_indices
+from sailflow.evaluate.kinds import TaskError, TaskKind
+
+if TYPE_CHECKING:
+    import torch
 
 
 def retrieval_metrics(scores: torch.Tensor, text_image: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    import torch
+
+    from sailflow.evaluate.ranking import topk_indices
+
     n_texts, n_images = scores.shape
     if len(text_image) != n_texts:
         raise ValueError(f"{n_texts} captions scored but {len(text_image)} caption->image indices given")
@@ -38,6 +45,8 @@ def retrieval_metrics(scores: torch.Tensor, text_image: torch.Tensor, ks=(1, 5, 
 def chance(text_image: torch.Tensor, n_images: int, ks=(1, 5, 10)) -> dict:
     """Expected recall of a random ranking: k/I for text->image; for image->text, 1 minus the
     probability that none of an image's n captions is among k drawn from all T, averaged."""
+    import torch
+
     n_texts = len(text_image)
     per_image = torch.bincount(text_image, minlength=n_images).tolist()
     out = {f"image_retrieval_recall@{k}": min(k, n_images) / n_images for k in ks}
@@ -50,6 +59,10 @@ def chance(text_image: torch.Tensor, n_images: int, ks=(1, 5, 10)) -> dict:
 def evaluate(model, data: Retrieval, ks=(1, 5, 10), examples: int = 0) -> dict:
     """Score ``model`` on a retrieval set. ``examples`` > 0 adds that many images (spread over the
     set) with their captions and their top-3 retrieved captions, for the report."""
+    import torch
+
+    from sailflow.evaluate.ranking import topk_indices
+
     image_emb = model.encode_image(data.images)
     text_emb = model.encode_text(data.captions)
     scores = text_emb.float() @ image_emb.float().T
@@ -66,3 +79,34 @@ def evaluate(model, data: Retrieval, ks=(1, 5, 10), examples: int = 0) -> dict:
             for i, ts in zip(picks, top)
         ]
     return out
+
+
+LOADERS = {"coco": datasets.coco_karpathy, "flickr": datasets.flickr_karpathy}
+
+
+def load(spec: dict, name: str) -> Retrieval:
+    fmt = spec.get("format", "coco")
+    if fmt not in LOADERS:
+        raise TaskError(f"eval_tasks.{name}.format must be one of {list(LOADERS)}, not {fmt!r}")
+    return LOADERS[fmt](spec["annotations"], spec["images"])
+
+
+KIND = TaskKind(
+    name="retrieval",
+    keys={
+        "format": "coco (COCO-format Karpathy JSON, default) or flickr (`<image>.jpg,<caption>` lines)",
+        "annotations": "the annotation file",
+        "images": "the folder its image names are relative to",
+    },
+    required=("annotations", "images"),
+    files=lambda spec: [spec["annotations"], spec["images"]],
+    load=load,
+    images=lambda data: list(dict.fromkeys(data.images)),
+    texts=lambda spec, data, name: list(dict.fromkeys(data.captions)),
+    score=lambda model, spec, data, name, settings: evaluate(model, data, tuple(settings.get("recall_k", (1, 5, 10))),
+                                                             settings.get("report_examples", 0)),
+    tie_rule="equal scores: the lower image / caption index ranks first",
+    result_task="zeroshot_retrieval",
+    settings=("recall_k", "report_examples"),
+    defaults={"format": "coco"},
+)
