@@ -1,21 +1,38 @@
-"""Alignment data loading: our memory-mapped batch loader against SAIL's scheme, same shards.
+"""Alignment data loading: our memory-mapped batch loader against SAIL's scheme, same shards,
+on an idle machine and beside busy neighbours.
 
 SAIL's scheme, re-created: every chunk loaded into a Python list of per-row tensors (image, text,
 extra), a per-item Dataset, a shuffling DataLoader (workers 0, as its scripts) and a pad_sequence
-collate. Ours: EmbeddingPairs + BatchSampler (one fancy-indexing read per chunk per batch).
-Each side runs in its own process at each dataset size, so peak RSS is its own. Prints one JSON
-line per run: per size, pairs/s over ``steps`` batches after the first ``steps`` (the regime of a
-many-epoch run; ``throughput_ratio``, goal >= 20x), pairs/s of those first batches (ours pages the
-memory maps in during them, SAIL's list was loaded before: ``first_batches_ratio``), the time to
-open (ours) or load (SAIL) the set, and peak RSS (goal for ours: flat in N).
+collate. Ours: EmbeddingPairs + BatchSampler (one numpy fancy-indexing read per chunk per batch).
+Each side runs in its own process at each dataset size, so peak RSS is its own.
 
-    python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096]
+Two modes, both sides measured in each: ``idle``, and ``busy``: one spinning process per spare
+core (cores - 1, at least 1), started and stopped by this script, as on a shared node where other
+Snakemake jobs run beside the trainer. In each mode the two sides alternate for ``repeats`` rounds
+and the round with the median ratio is kept (other people's jobs come and go between rounds).
+
+Prints one JSON line: per size and mode, pairs/s over at least ``steps`` batches and 2 s after the
+first ``steps`` (the regime of a many-epoch run; ``throughput_ratio``, goal >= 20x in both modes),
+pairs/s of those first batches (ours pages the memory maps in during them, SAIL's list was loaded
+before: ``first_batches_ratio``), the time to open (ours) or load (SAIL) the set, and peak RSS
+(goal for ours: flat in N); then ``idle_min_throughput_ratio`` and ``busy_min_throughput_ratio``
+side by side.
+
+Measured on a 2-core VM (one busy neighbour), 25k/50k/100k pairs: idle 11.3x, busy 12.4x (per size
+and mode 11-17x). Ours gathers on one core at 0.7-1.25M pairs/s in both modes; SAIL's scheme makes
+55-67k pairs/s busy and 75-97k idle, where its collate's torch ops use both cores. The earlier
+gather (torch's parallel index_select, spinning on its OpenMP threads) measured 19-33x idle on a
+quiet machine and 1-7x busy.
+
+    python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096] [--modes idle busy] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,6 +44,7 @@ import numpy as np
 import torch
 
 DV, DT, CHUNKS = 512, 768, 8
+STEADY_S = 2.0  # shortest steady-state window, seconds
 
 
 def make(d: Path, n: int) -> None:
@@ -41,11 +59,15 @@ def make(d: Path, n: int) -> None:
             save_embeddings(d / f"{label}_{c:04d}.safetensors", x, ids, {"chunk": f"{c:04d}"})
 
 
-def _rate(fn, batch: int, steps: int) -> float:
+def _rate(fn, batch: int, steps: int, min_s: float = 0.0) -> float:
+    """Pairs/s over at least ``steps`` batches and at least ``min_s`` seconds (a window long enough
+    to average over the scheduler's time slices when the machine is shared)."""
     t = time.perf_counter()
-    for step in range(steps):
+    step = 0
+    while step < steps or time.perf_counter() - t < min_s:
         fn(step)
-    return steps * batch / (time.perf_counter() - t)
+        step += 1
+    return step * batch / (time.perf_counter() - t)
 
 
 def run_ours(d: Path, batch: int, steps: int) -> dict:
@@ -66,7 +88,7 @@ def run_ours(d: Path, batch: int, steps: int) -> dict:
         assert b.image.shape == (batch, DV)
 
     cold = _rate(one, batch, steps)
-    steady = _rate(lambda s: one(s + steps), batch, steps)
+    steady = _rate(lambda s: one(s + steps), batch, steps, STEADY_S)
     return {"load_s": load_s, "cold": cold, "steady": steady}
 
 
@@ -109,7 +131,7 @@ def run_sail(d: Path, batch: int, steps: int) -> dict:
         assert im.shape == (batch, DV)
 
     cold = _rate(one, batch, steps)
-    steady = _rate(one, batch, steps)
+    steady = _rate(one, batch, steps, STEADY_S)
     return {"load_s": load_s, "cold": cold, "steady": steady}
 
 
@@ -127,36 +149,83 @@ def child(kind: str, d: str, batch: int, steps: int) -> None:
     print(json.dumps({**r, "peak_rss_mb": rss_mb, "anon_rss_mb": _anon_rss_mb()}))
 
 
+SPIN = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:  # ends by itself should this benchmark be killed outright
+    for _ in range(100_000):
+        pass
+"""
+
+
+@contextlib.contextmanager
+def busy_neighbours(n: int):
+    """``n`` processes spinning on a core each for the duration of the block, stopped whatever happens."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", SPIN]))
+        time.sleep(0.5)  # let them reach their loops
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def measure(d: str, batch: int, steps: int, repeats: int) -> dict:
+    """Both sides on the shards in ``d``, each in its own process, alternating for ``repeats``
+    rounds: each round's ratio compares two runs made seconds apart, and the median round is kept."""
+    rounds = []
+    for _ in range(repeats):
+        r = {}
+        for kind in ("ours", "sail"):
+            out = subprocess.run([sys.executable, __file__, "--child", kind, d, "--batch", str(batch), "--steps", str(steps)],
+                                 check=True, capture_output=True, text=True).stdout
+            res = json.loads(out.strip().splitlines()[-1])
+            r[f"{kind}_pairs_per_s"] = round(res["steady"])
+            r[f"{kind}_first_batches_pairs_per_s"] = round(res["cold"])
+            r[f"{kind}_open_s"] = round(res["load_s"], 3)
+            r[f"{kind}_peak_rss_mb"] = round(res["peak_rss_mb"])  # includes mapped file pages
+            r[f"{kind}_anon_rss_mb"] = round(res["anon_rss_mb"])
+        r["throughput_ratio"] = round(r["ours_pairs_per_s"] / r["sail_pairs_per_s"], 1)
+        r["first_batches_ratio"] = round(r["ours_first_batches_pairs_per_s"] / r["sail_first_batches_pairs_per_s"], 1)
+        rounds.append(r)
+    median = sorted(rounds, key=lambda r: r["throughput_ratio"])[len(rounds) // 2]
+    return {**median, "round_ratios": [r["throughput_ratio"] for r in rounds]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[25000, 50000, 100000])
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--modes", nargs="+", choices=["idle", "busy"], default=["idle", "busy"])
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.child:
         return child(a.child[0], a.child[1], a.batch, a.steps)
+    cores = len(os.sched_getaffinity(0))
+    spinners = max(1, cores - 1)
     rows = []
     for n in a.sizes:
         with tempfile.TemporaryDirectory() as d:
             make(Path(d), n)
             r = {"pairs": n}
-            for kind in ("ours", "sail"):
-                out = subprocess.run([sys.executable, __file__, "--child", kind, d, "--batch", str(a.batch), "--steps", str(a.steps)],
-                                     check=True, capture_output=True, text=True).stdout
-                res = json.loads(out.strip().splitlines()[-1])
-                r[f"{kind}_pairs_per_s"] = round(res["steady"])
-                r[f"{kind}_first_batches_pairs_per_s"] = round(res["cold"])
-                r[f"{kind}_open_s"] = round(res["load_s"], 3)
-                r[f"{kind}_peak_rss_mb"] = round(res["peak_rss_mb"])  # includes mapped file pages
-                r[f"{kind}_anon_rss_mb"] = round(res["anon_rss_mb"])
-            r["throughput_ratio"] = round(r["ours_pairs_per_s"] / r["sail_pairs_per_s"], 1)
-            r["first_batches_ratio"] = round(r["ours_first_batches_pairs_per_s"] / r["sail_first_batches_pairs_per_s"], 1)
+            for mode in a.modes:
+                with busy_neighbours(spinners if mode == "busy" else 0):
+                    r[mode] = measure(d, a.batch, a.steps, a.repeats)
             rows.append(r)
-    print(json.dumps({"benchmark": "align_loader", "dims": [DV, DT], "batch": a.batch, "steps": a.steps, "sizes": rows,
-                      "min_throughput_ratio": min(r["throughput_ratio"] for r in rows),
-                      "ours_anon_rss_growth_mb": rows[-1]["ours_anon_rss_mb"] - rows[0]["ours_anon_rss_mb"],
-                      "sail_anon_rss_growth_mb": rows[-1]["sail_anon_rss_mb"] - rows[0]["sail_anon_rss_mb"]}))
+    res = {"benchmark": "align_loader", "dims": [DV, DT], "batch": a.batch, "steps": a.steps, "repeats": a.repeats, "cores": cores,
+           "busy_neighbours": spinners, "sizes": rows}
+    for mode in a.modes:
+        res[f"{mode}_min_throughput_ratio"] = min(r[mode]["throughput_ratio"] for r in rows)
+    mem = a.modes[0]  # memory is the same in both modes: report it once
+    res["ours_anon_rss_growth_mb"] = rows[-1][mem]["ours_anon_rss_mb"] - rows[0][mem]["ours_anon_rss_mb"]
+    res["sail_anon_rss_growth_mb"] = rows[-1][mem]["sail_anon_rss_mb"] - rows[0][mem]["sail_anon_rss_mb"]
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":

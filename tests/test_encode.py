@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -223,51 +222,75 @@ def test_reader_is_memory_mapped(tmp_path):
     assert out[1, 0].item() == float(torch.tensor(7 * 64.0).to(torch.bfloat16))
 
 
-def test_kill_mid_encode_leaves_no_partial_file(tiny, chunk, tmp_path):
+@pytest.mark.parametrize("kill_at", ["forward", "rename"])
+def test_kill_mid_encode_leaves_no_partial_file(tiny, chunk, tmp_path, kill_at):
+    """The encoder kills its own process group (its data loader worker too) at a chosen point, so
+    where the kill lands does not depend on the machine's speed: in the 3rd batch's forward, or
+    with the output complete under its temporary name, just before the rename that publishes it.
+    Either way no file appears under the final name, and a rerun writes it (clearing the temporary)."""
     d, _, _ = chunk
     out = tmp_path / "0000.safetensors"
     code = textwrap.dedent(f"""
-        import time, torch
+        import os, signal
         from sailflow.backbones import load_vision
         from sailflow.encode import encode_images
-        bb = load_vision("v", {{"kind": "vision", "family": "dinov2", "path": {str(tiny["dinov2"])!r}}})
-        fwd = bb._forward
-        def slow(model, x):
-            print("batch", flush=True); time.sleep(0.5); return fwd(model, x)
-        bb._forward = slow
+        def die():
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # this test's own session (start_new_session)
+        bb = load_vision("v", {{"kind": "vision", "family": "dinov2", "pooling": "cls", "path": {str(tiny["dinov2"])!r}}})
+        fwd, calls = bb._forward, []
+        def forward(model, x):
+            calls.append(1)
+            if {kill_at!r} == "forward" and len(calls) == 3:
+                die()
+            return fwd(model, x)
+        bb._forward = forward
+        replace = os.replace
+        def rename(src, dst, *a, **k):  # sailflow.io.atomic_path publishes with os.replace
+            if {kill_at!r} == "rename" and os.fspath(dst) == {str(out)!r}:
+                die()
+            return replace(src, dst, *a, **k)
+        os.replace = rename
         encode_images({str(d / "samples.parquet")!r}, {str(d / "images")!r}, {str(out)!r}, bb, meta={{}}, batch_size=1, workers=1)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout.readline().strip() == "batch"
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert list(tmp_path.iterdir()) == []  # nothing, not even a temporary
-    bb = load_vision("v", {"kind": "vision", "family": "dinov2", "path": str(tiny["dinov2"])})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {kill_at} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    left = [p.name for p in tmp_path.iterdir()]
+    if kill_at == "forward":
+        assert left == []  # nothing, not even a temporary
+    else:
+        assert len(left) == 1 and left[0].startswith(".0000.safetensors.tmp-")  # complete, but never published
+    bb = load_vision("v", {"kind": "vision", "family": "dinov2", "pooling": "cls", "path": str(tiny["dinov2"])})
     encode_images(d / "samples.parquet", d / "images", out, bb, meta={}, batch_size=4, workers=0)
     assert open_embeddings(out).count == N and [p.name for p in tmp_path.iterdir()] == ["0000.safetensors"]
 
 
 def test_two_jobs_claim_different_devices(tmp_path):
     code = textwrap.dedent(f"""
-        import os, sys, time
+        import os, sys
         from sailflow.gpu import claim_devices
-        c = claim_devices(1, lock_dir={str(tmp_path)!r}, timeout=20, poll=0.05)
+        c = claim_devices(1, lock_dir={str(tmp_path)!r}, timeout=120, poll=0.05)
         print(os.environ["CUDA_VISIBLE_DEVICES"], c.source, flush=True)
-        time.sleep(float(sys.argv[1]))
+        sys.stdin.read()  # hold the device until the test closes our stdin
     """)
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env["SAILFLOW_FAKE_GPU_COUNT"] = "2"
-    procs = [subprocess.Popen([sys.executable, "-c", code, "1.5"], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    first = sorted(p.stdout.readline().split()[0] for p in procs)
-    assert first == ["0", "1"]
-    # a third job waits until one of them exits (a crash releases the lock too), then gets its device
-    third = subprocess.Popen([sys.executable, "-c", code, "0"], stdout=subprocess.PIPE, text=True, env=env)
-    procs[0].kill()
-    line = third.stdout.readline().split()
-    assert line[0] in ("0", "1") and line[1] == "lock"
-    for p in (*procs, third):
-        p.wait(timeout=30)
+    start = lambda: subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # noqa: E731
+    procs = [start() for _ in range(2)]
+    try:
+        first = sorted(p.stdout.readline().split()[0] for p in procs)
+        assert first == ["0", "1"]  # both hold theirs: each got its own
+        # a third job waits until one of them exits (a crash releases the lock too), then gets its device
+        third = start()
+        procs.append(third)
+        procs[0].kill()
+        procs[0].wait(timeout=30)
+        line = third.stdout.readline().split()
+        assert line[0] in ("0", "1") and line[1] == "lock"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(timeout=30)
 
 
 def test_claim_uses_slurm_devices_and_cpu_fallback(tmp_path, monkeypatch):

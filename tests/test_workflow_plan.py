@@ -1,10 +1,9 @@
-"""The workflow as Snakemake sees it: lint-clean, fast to plan, reruns only what a change affects."""
+"""The workflow as Snakemake sees it: lint-clean, complete plans, reruns only what a change affects."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 import torch
@@ -28,11 +27,10 @@ def test_lint_has_no_findings():
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
-def test_demo_dry_run_is_fast_and_complete(workdir):
+def test_demo_dry_run_is_complete(workdir):
+    # how fast it plans is measured by benchmarks/dag.py, not asserted here
     write_config(workdir, repo_config())
-    t = time.perf_counter()
     proc = snakemake(workdir, "-n")
-    elapsed = time.perf_counter() - t
     jobs = planned_jobs(proc.stdout)
     cfg = repo_config()
     n = cfg["datasets"]["shapes"]["n_chunks"]
@@ -45,7 +43,6 @@ def test_demo_dry_run_is_fast_and_complete(workdir):
         "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
         "report_retrieval": 1, "report_metrics": 1, "all": 1,
     }
-    assert elapsed < 10, f"dry run took {elapsed:.1f} s"
 
 
 def test_real_datasets_plan_without_network(workdir):
@@ -57,13 +54,12 @@ def test_real_datasets_plan_without_network(workdir):
     assert jobs["fetch_source"] == 2 and jobs["download_chunk"] == n and jobs["filter_chunk"] == n
 
 
-def test_sail_l_runs_plan_to_eval_json_in_seconds(workdir):
-    """Both SAIL-L runs, with the real datasets' chunk counts and no data or evaluation sets on disk."""
+def test_sail_l_runs_plan_to_eval_json(workdir):
+    """Both SAIL-L runs, with the real datasets' chunk counts and no data or evaluation sets on disk
+    (their planning time is measured by benchmarks/dag.py)."""
     cfg = repo_config()
     write_config(workdir, cfg)
-    t = time.perf_counter()
     proc = snakemake(workdir, "-n", "results/sail_l_nv2/eval.json", "results/sail_l_gte/eval.json", "--cores", "32", "--resources", "gpu=8")
-    elapsed = time.perf_counter() - t
     jobs = planned_jobs(proc.stdout)
     chunks = sum(cfg["datasets"][d["dataset"]]["n_chunks"] for d in cfg["runs"]["sail_l_nv2"]["data"])
     n_tasks = len(cfg["runs"]["sail_l_nv2"]["eval"])
@@ -73,7 +69,6 @@ def test_sail_l_runs_plan_to_eval_json_in_seconds(workdir):
     assert jobs["eval_image_features"] == n_tasks and jobs["eval_text_features"] == 2 * n_tasks
     # the evaluation sets are not on this machine: planning warns, naming the config key and path
     assert "eval_tasks.imagenet1k: data/eval/imagenet/val does not exist" in proc.stdout + proc.stderr
-    assert elapsed < 15, f"planning took {elapsed:.1f} s"
 
 
 def _small_demo(cfg: dict) -> dict:
@@ -116,7 +111,7 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
 
     # outside Snakemake, the assembled model (backbones + head, three lines) embeds the evaluation set
     # as the pipeline's stored backbone features + head do (those are fp16, hence the tolerance)
-    from sailflow.align.train import load_head
+    from sailflow.align.heads import AlignmentHead
     from sailflow.evaluate import tasks as eval_tasks
     from sailflow.evaluate.features import HeadOverFeatures, load_features
     from sailflow.model import AlignedModel
@@ -125,8 +120,8 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
     model = AlignedModel.from_run("results/demo")
     spec = cfg["eval_tasks"]["demo_retrieval"]
     data = eval_tasks.load(spec)
-    stored = load_features("results/eval/demo_retrieval/image/tiny_dinov2.safetensors", eval_tasks.images_of(data))
-    cached = HeadOverFeatures(load_head("results/demo/align"), data.images, stored, [], torch.zeros(0, 1))
+    stored = load_features("results/eval/demo_retrieval/image/tiny_dinov2.safetensors", eval_tasks.images_of(spec, data))
+    cached = HeadOverFeatures(AlignmentHead.load("results/demo/align"), data.images, stored, [], torch.zeros(0, 1))
     cos = (model.encode_image(data.images) * cached.encode_image(data.images)).sum(-1)
     assert float(cos.min()) > 0.999
     direct = eval_tasks.run(model, spec)["metrics"]
@@ -197,3 +192,15 @@ def test_config_changes_rerun_only_what_depends_on_them(small_demo):
     write_config(workdir, cfg)
     jobs = planned_jobs(snakemake(workdir, "-n").stdout)
     assert jobs["download_chunk"] == n and "demo_shapes" not in jobs and "normalize_urls" not in jobs
+
+    # the download's success-rate gate: every chunk passed it, so a new rate reruns nothing
+    cfg["datasets"]["shapes"]["download"] = {**repo_config()["datasets"]["shapes"]["download"], "min_success_rate": 0.25}
+    write_config(workdir, cfg)
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+    # a backbone's pinned revision is a param of its encoding: image encoding and what follows, no text
+    cfg["backbones"]["tiny_dinov2"]["revision"] = "v2"
+    write_config(workdir, cfg)
+    jobs = planned_jobs(snakemake(workdir, "-n").stdout)
+    assert jobs["encode_images"] == n and jobs["eval_image_features"] == n_tasks and jobs["align"] == 1
+    assert "encode_texts" not in jobs and "download_chunk" not in jobs

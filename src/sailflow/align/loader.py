@@ -4,7 +4,9 @@ All chunk files of all datasets of a run form one index space (row g lives in fi
 g - offset[f]). Each epoch is one permutation of the usable rows, seeded by (seed, epoch), so a
 batch is a pure function of (epoch, batch index): resuming needs only the step number. A batch is
 gathered with one fancy-indexing read per chunk file it touches (never per sample), straight into
-reused batch buffers, in a background thread that keeps ``depth`` batches ready; for a GPU it also
+reused batch buffers, in a background thread that keeps ``depth`` batches ready. The read is numpy's
+single-threaded ``take`` (GIL released, so it overlaps the training step), never a parallel torch
+op: those spin on their OpenMP threads and crawl when another job holds a core. For a GPU it also
 copies them to the device on its own CUDA stream from a pinned buffer. Memory does not grow with
 the number of samples beyond the memory map and the index arrays.
 
