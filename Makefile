@@ -1,6 +1,7 @@
 # Two set-up commands for a fresh machine (see README):
 #   make demo   install into .venv and run the embedded demo
-#   make test   install into .venv and run the tests
+#   make test   install into .venv and run the tests (SAILFLOW_TEST_SLURM=install make test: also those
+#               against a real Slurm, installed from Debian's packages as root; what .ci/run does)
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

@@ -18,6 +18,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/llava.smk"
 include: "workflow/rules/report.smk"
 
 

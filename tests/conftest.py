@@ -63,3 +63,10 @@ def workdir(tmp_path: Path) -> Path:
     d = tmp_path / "work"
     d.mkdir()
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slurm` run last: once Slurm's tools are installed and a slurm.conf is in reach,
+    every `snakemake` call (the Slurm plugin is installed) asks slurmctld for its config at start-up,
+    which takes ~10 s whenever no slurmctld answers. The order within each group is kept."""
+    items[:] = [i for i in items if i.get_closest_marker("slurm") is None] + [i for i in items if i.get_closest_marker("slurm")]

@@ -41,7 +41,8 @@ def test_demo_dry_run_is_complete(workdir):
         "filter_chunk": n, "cleanup_shapes": 1, "build_tiny_backbone": 1, "encode_images": n,
         "encode_texts": n * n_sources, "align": 1, "demo_eval_sets": 1, "eval_image_features": n_tasks,
         "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
-        "report_retrieval": 1, "report_metrics": 1, "all": 1,
+        "report_retrieval": 1, "report_metrics": 1, "report_summary": 1, "report_zeroshot": 2, "report_pairs": 2,
+        "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "all": 1,
     }
 
 
@@ -72,8 +73,10 @@ def test_sail_l_runs_plan_to_eval_json(workdir):
 
 
 def _small_demo(cfg: dict) -> dict:
-    cfg["demo"].update(n_train=40, n_eval=8, eval_sets={"winoground_examples": 3, "mmvp_pairs_per_pattern": 1})
+    cfg["demo"].update(n_train=40, n_eval=8, eval_sets={"winoground_examples": 3, "mmvp_pairs_per_pattern": 1}, llm_pretrain_steps=10)
     cfg["runs"]["demo"]["align"].update(batch_size=16, epochs=2, checkpoint_every=1)
+    for stage in ("pretrain", "finetune"):
+        cfg["llava_runs"]["llava_demo"][stage].update(epochs=1, global_batch_size=8, per_device_batch_size=8)
     return cfg
 
 
@@ -129,10 +132,29 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
 
     snakemake(workdir, "--report", "report.html")
     page = (workdir / "report.html").read_text()
-    for needle in ("loss.svg", "metrics.html", "data.html", "retrieval_demo_retrieval.png"):
+    for needle in ("summary.html", "training.svg", "metrics.html", "data.html", "retrieval_demo_retrieval.png", "misses_demo_retrieval.png",
+                   "confusion_demo_shape.svg", "confusion_demo_colour.svg", "pairs_demo_winoground.png", "pairs_demo_mmvp.png"):
         assert needle in page
     metrics = (workdir / "results/report/metrics.html").read_text()
     assert all(t in metrics for t in tasks) and "image_retrieval_recall@1" in metrics and "chance" in metrics
+    # the landing page (the workflow description, shown without a click): every metric beside its
+    # chance, the held-out R@1 and the data funnel, as in eval.json and the manifest
+    start = page.index("var workflow_desc = ") + len("var workflow_desc = ")
+    landing = json.JSONDecoder().raw_decode(page, start)[0]
+    for task, r in summary["tasks"].items():
+        assert task in landing
+        for k, v in r["metrics"].items():
+            c = r["chance"][k]
+            value = "–" if v is None else f"{v:.4f}"
+            chance = "–" if c is None else f"{c:.4f}"
+            assert re.search(rf">{re.escape(k)}</td><td( class='\w+')?>{value}</td><td>{chance}</td>", landing), (task, k)
+    h = summary["align"]["holdout"]
+    assert f">{h['text_to_image_r1']:.4f}</td><td>{h['chance']:.4f}</td>" in landing
+    assert ">source rows</span></td><td>40</td>" in landing
+    assert f">= training pairs</span></td><td>{summary['data']['train_pairs']:,}</td>" in landing
+    shape = json.loads((workdir / "results/demo/eval/demo_shape.json").read_text())  # what the confusion matrix is drawn from
+    assert sum(n for _, _, n in shape["confusion"]["counts"]) == shape["counts"]["images"]
+    assert sum(n for t, p, n in shape["confusion"]["counts"] if t == p) / shape["counts"]["images"] == pytest.approx(shape["metrics"]["acc1"])
 
 
 @pytest.mark.e2e
@@ -141,12 +163,14 @@ def test_config_changes_rerun_only_what_depends_on_them(small_demo):
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
     n_tasks = len(cfg["runs"]["demo"]["eval"])
     # what follows a new head: scoring (not the evaluation sets' backbone features), summary, report
-    after_head = {"evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_retrieval": 1, "report_metrics": 1, "all": 1}
+    after_head = {"evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_retrieval": 1, "report_metrics": 1,
+                  "report_zeroshot": 2, "report_pairs": 2, "report_summary": 1, "all": 1}
+    after_llava_head = {**after_head, "llava_pretrain": 1, "llava_finetune": 1}  # the demo LLaVA run's tower is this head
 
     # an alignment setting: the alignment and what follows it, not encoding
     cfg["runs"]["demo"]["align"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"align": 1, **after_head}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"align": 1, **after_llava_head}
     cfg["align"]["log_every"] = 3  # logging interval only: nothing
     cfg["runs"]["demo"]["align"]["lr"] = 1e-3
     write_config(workdir, cfg)
@@ -158,26 +182,42 @@ def test_config_changes_rerun_only_what_depends_on_them(small_demo):
     # retrieval's R@k rescores retrieval only.
     cfg["eval_tasks"]["demo_shape"]["templates"] = ["a drawing of a {c}."]
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"eval_text_features": 1, "evaluate": 1, "eval_summary": 1, "report_metrics": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"eval_text_features": 1, "evaluate": 1, "eval_summary": 1, "report_metrics": 1,
+                                                              "report_zeroshot": 1, "report_summary": 1, "all": 1}
     cfg["eval_tasks"]["demo_shape"]["templates"] = repo_config()["eval_tasks"]["demo_shape"]["templates"]
     cfg["eval"]["recall_k"] = [1, 2]
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"evaluate": 1, "eval_summary": 1, "report_retrieval": 1, "report_metrics": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"evaluate": 1, "eval_summary": 1, "report_retrieval": 1, "report_metrics": 1,
+                                                              "report_summary": 1, "all": 1}
     cfg["eval"]["recall_k"] = [1, 5, 10]
     write_config(workdir, cfg)
 
     # only the text backbone changes: text encoding and what reads it, no image encoding, no data
     cfg["backbones"]["minilm"]["max_length"] = 64
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "align": 1, "eval_text_features": n_tasks, **after_head}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"encode_texts": n_text, "align": 1, "eval_text_features": n_tasks, **after_llava_head}
 
     # an image filter option: filtering and everything after it, but no download and no evaluation set
     cfg["backbones"]["minilm"]["max_length"] = 128
     cfg["datasets"]["shapes"]["filter"]["min_side"] = 40
     write_config(workdir, cfg)
     assert planned_jobs(snakemake(workdir, "-n").stdout) == {
-        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "align": 1, "report_data": 1, **after_head,
+        "filter_chunk": n, "cleanup_shapes": 1, "encode_images": n, "encode_texts": n_text, "align": 1, "report_data": 1, **after_llava_head,
     }
+
+    # LLaVA: a stage-2 setting reruns stage 2 only; a stage-1 setting reruns both stages (stage 2 starts from stage 1)
+    cfg["datasets"]["shapes"]["filter"]["min_side"] = 32
+    cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = 5e-4
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "all": 1}
+    cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = repo_config()["llava_runs"]["llava_demo"]["finetune"]["lr"]
+    cfg["llava_runs"]["llava_demo"]["pretrain"]["lr"] = 5e-4
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "all": 1}
+    cfg["llava_runs"]["llava_demo"]["pretrain"].pop("lr")
+    cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
+    write_config(workdir, cfg)
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
     # parallelism and batch sizes only: nothing reruns
     cfg["datasets"]["shapes"]["filter"].update(min_side=32, processes=2)

@@ -28,7 +28,13 @@ class Claim:
 
     @property
     def device(self) -> str:
-        return "cuda:0" if self.ids else "cpu"
+        """``cuda:0`` (the first claimed device) when torch sees a GPU; ``cpu`` otherwise, also when a
+        scheduler handed out devices this process cannot use (fake GPUs in tests, a driver missing)."""
+        if not self.ids:
+            return "cpu"
+        import torch
+
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
 
     def release(self) -> None:
         for f in self._files:

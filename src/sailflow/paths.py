@@ -105,3 +105,23 @@ def report_file(run: str, name: str) -> str:
 
 def report_metrics() -> str:
     return f"{RESULTS}/report/metrics.html"
+
+
+# ---- LLaVA ---------------------------------------------------------------------------------------
+def llava_dir(run: str, stage: str) -> str:
+    """``pretrain`` (stage 1), ``finetune`` (stage 2) or ``hf`` (the transformers export) of a LLaVA run."""
+    return f"{RESULTS}/{run}/llava/{stage}"
+
+
+def llava_manifest(run: str, stage: str) -> str:
+    """A stage's ``config.json``: written last, so its presence means the stage finished."""
+    return f"{llava_dir(run, stage)}/config.json"
+
+
+def llava_connector(run: str, stage: str) -> str:
+    return f"{llava_dir(run, stage)}/connector.safetensors"
+
+
+def llava_demo_instructions() -> str:
+    """The demo's stage-2 instruction set (LLaVA JSON), generated from the shapes' ground truth."""
+    return f"{RESULTS}/demo/llava/instruct.json"

@@ -190,10 +190,12 @@ def text_embedding_paths(dataset, text, sources=None):
 # ---- runs (alignment and later stages) --------------------------------------------------------
 
 RUNS = config["runs"]
+LLAVA_RUNS = config["llava_runs"]
+LLMS = config["llms"]
 
 
 wildcard_constraints:
-    run="|".join(RUNS) or "(?!)",
+    run="|".join(map(re.escape, [*RUNS, *LLAVA_RUNS])) or "(?!)",
 
 
 def _check_run(name):
@@ -369,8 +371,152 @@ def report_targets():
     for run in runs:
         if run not in RUNS:
             raise ValueError(f"report.runs: unknown run {run!r}")
+    per_kind = {"zeroshot": ["confusion_{}.svg"], "retrieval": ["retrieval_{}.png", "misses_{}.png"],
+                "winoground": ["pairs_{}.png"], "mmvp": ["pairs_{}.png"]}  # rules in report.smk
     out = [paths.report_metrics()] if runs else []
     for run in runs:
-        out += [paths.report_file(run, "loss.svg"), paths.report_file(run, "data.html")]
-        out += [paths.report_file(run, f"retrieval_{t}.png") for t in RUNS[run]["eval"] if EVAL_TASKS[t]["kind"] == "retrieval"]
+        out += [paths.report_file(run, name) for name in ("summary.html", "training.svg", "data.html")]
+        out += [paths.report_file(run, name.format(t)) for t in RUNS[run]["eval"] for name in per_kind.get(EVAL_TASKS[t]["kind"], [])]
     return out
+
+
+# ---- LLaVA runs ------------------------------------------------------------------------------------
+
+LLAVA_STAGES = ("pretrain", "finetune")
+
+
+wildcard_constraints:
+    llm="|".join(map(re.escape, [n for n, m in LLMS.items() if "build" in m])) or "(?!)",
+
+
+def _check_llava(name):
+    r = LLAVA_RUNS[name]
+    if name in RUNS:
+        raise ValueError(f"llava_runs.{name}: the name is taken by runs.{name} (both write results/{name}/)")
+    if r["llm"] not in LLMS:
+        raise ValueError(f"llava_runs.{name}.llm: {r['llm']!r} is not under `llms:`")
+    t = r["tower"]
+    if "align_run" in t and t["align_run"] not in RUNS:
+        raise ValueError(f"llava_runs.{name}.tower.align_run: {t['align_run']!r} is not a run under `runs:`")
+    if "backbone" in t and BACKBONES.get(t["backbone"], {}).get("kind") != "vision":
+        raise ValueError(f"llava_runs.{name}.tower.backbone: {t['backbone']!r} is not a vision backbone under `backbones:`")
+    for stage in LLAVA_STAGES:
+        if not r[stage].get("data"):
+            raise ValueError(f"llava_runs.{name}.{stage}.data: give the stage's data ({{json, images}} or {{dataset, caption_source}})")
+        for d in r[stage]["data"]:
+            if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
+                raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
+
+
+for _run in LLAVA_RUNS:
+    _check_llava(_run)
+
+
+def llava_settings(run, stage):
+    """The stage's settings: the `llava:` defaults with the run's overrides (data is listed apart)."""
+    s = {**config["llava"][stage], **LLAVA_RUNS[run][stage]}
+    s.pop("data", None)
+    return s
+
+
+def llava_tower(run):
+    """The tower spec sailflow.llava.towers.load_tower takes: a SAIL align run or a backbone's tokens."""
+    t = LLAVA_RUNS[run]["tower"]
+    if "align_run" in t:
+        vision = RUNS[t["align_run"]]["vision"]
+        return {"kind": "sail", "name": vision, "backbone": backbone_entry(vision), "align_dir": paths.align_dir(t["align_run"]),
+                "align_run": t["align_run"]}
+    b = backbone_entry(t["backbone"])
+    spec = {"kind": b["family"], "name": t["backbone"], "backbone": b}
+    if b["family"] in ("clip", "open_clip"):
+        spec["layer"] = t.get("layer", -2)
+    elif "layer" in t:  # dinov2: a block's output instead of the final normed one (exportable to transformers' Llava)
+        spec["layer"] = t["layer"]
+    return spec
+
+
+def llava_connector(run):
+    c = LLAVA_RUNS[run]["connector"]
+    return {"kind": c} if isinstance(c, str) else dict(c)
+
+
+def llava_data(run, stage):
+    """The stage's data for the trainer: LLaVA JSON files, or a dataset's chunk tables and tars."""
+    out = []
+    for d in LLAVA_RUNS[run][stage]["data"]:
+        if "json" in d:
+            out.append({"json": d["json"], "images": d.get("images", str(Path(d["json"]).parent))})
+        else:
+            ds = d["dataset"]
+            out.append({"dataset": ds, "caption_source": d["caption_source"], "samples": chunk_paths(ds, "samples.parquet"),
+                        "images_dirs": [str(Path(p).parent / "images") for p in chunk_paths(ds, "samples.parquet")]})
+    return out
+
+
+def llava_args(stage):
+    """params: everything that decides the stage's weights (not logging or checkpoint intervals)."""
+
+    def args(wildcards):
+        r = LLAVA_RUNS[wildcards.run]
+        s = llava_settings(wildcards.run, stage)
+        llm = {"name": r["llm"], **LLMS[r["llm"]]}
+        return {"stage": stage, "tower": llava_tower(wildcards.run), "image_aspect_ratio": s.pop("image_aspect_ratio"),
+                "connector": llava_connector(wildcards.run), "llm": llm, "template": s.pop("template"),
+                "data": llava_data(wildcards.run, stage), "on_bad_record": r["on_bad_record"], "settings": s,
+                "previous": paths.llava_dir(wildcards.run, "pretrain") if stage == "finetune" else None}
+
+    return args
+
+
+def llava_inputs(stage):
+    def inputs(wildcards):
+        r = LLAVA_RUNS[wildcards.run]
+        t = r["tower"]
+        out = {"data": [], "llm": [], "tower": []}
+        for d in r[stage]["data"]:
+            out["data"] += [d["json"]] if "json" in d else chunk_paths(d["dataset"], "samples.parquet")
+        m = LLMS[r["llm"]]
+        out["llm"] = [m["path"]] if "build" in m else []
+        if "align_run" in t:
+            out["tower"] = [paths.align_head(t["align_run"]), paths.align_config(t["align_run"])]
+            vision = RUNS[t["align_run"]]["vision"]
+        else:
+            vision = t["backbone"]
+        b = BACKBONES[vision]
+        out["tower"] += [b["path"]] if "build" in b else [paths.model_record(vision)] if needs_fetch(b) else []
+        if stage == "finetune":
+            out["previous"] = [paths.llava_manifest(wildcards.run, "pretrain"), paths.llava_connector(wildcards.run, "pretrain")]
+        return out
+
+    return inputs
+
+
+def llava_gpus(wildcards):
+    return LLAVA_RUNS[wildcards.run]["gpus"]
+
+
+def llava_runtime(key):
+    def value(wildcards):
+        return config["llava"][key]
+
+    return value
+
+
+def llava_exportable(run):
+    from sailflow.llava.export import exportable  # torch-free check of the parts
+
+    r, tower = LLAVA_RUNS[run], llava_tower(run)
+    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(llava_settings(run, "finetune").get("lora")),
+                                      tower.get("layer"))
+
+
+def llava_targets(run):
+    out = [paths.llava_manifest(run, "finetune")]
+    if llava_exportable(run):
+        out.append(paths.llava_manifest(run, "hf"))
+    return out
+
+
+def tiny_llm_texts(llm):
+    """A tiny LLM's tokenizer (and, for demo_llama, its pre-training) learns from the demo's texts."""
+    return ["results/demo/shapes/train.csv", paths.llava_demo_instructions()]

@@ -7,8 +7,10 @@ rule demo_shapes:
         train="results/demo/shapes/train.csv",
         heldout="results/demo/shapes/eval.csv",
         heldout_meta="results/demo/shapes/eval.meta.parquet",
+        train_meta="results/demo/shapes/train.meta.parquet",
     params:
-        cfg={k: v for k, v in config["demo"].items() if k != "eval_sets"},
+        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llm_pretrain_steps")},
+    localrule: True  # draws the demo's small images: under a minute
     log:
         "logs/demo/shapes.log",
     conda:
@@ -31,7 +33,8 @@ rule demo_eval_sets:
         mmvp_questions="results/demo/evalsets/mmvp/Questions.csv",
         mmvp_images=directory("results/demo/evalsets/mmvp/MLLM_VLM Images"),
     params:
-        cfg=config["demo"],
+        cfg={k: v for k, v in config["demo"].items() if k != "llm_pretrain_steps"},
+    localrule: True  # draws the demo's few hundred evaluation images: seconds
     log:
         "logs/demo/evalsets.log",
     conda:

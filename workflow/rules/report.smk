@@ -1,28 +1,48 @@
-# Figures and tables for `snakemake --report results/report.html`: training curves, metrics of every
-# run in `report: runs:`, data counts, and retrieval examples.
+# Figures and tables for `snakemake --report results/report.html`, for the runs under `report: runs:`.
+# The landing page (workflow.rst) includes each run's summary.html: its metrics with chance, held-out
+# R@1, data funnel and hyper-parameters. The figures are report items: training curves, the data
+# funnel per chunk, every run's metrics side by side, and per evaluation task its kind's figure.
+# The tables read small JSON files (local rules: on a cluster they run where snakemake runs).
 
 
 report: "../report/workflow.rst"
 
 
-rule report_training:
+rule report_summary:
     input:
-        "results/{run}/align/config.json",  # train_log.jsonl beside it is complete once this exists
+        summary=paths.eval_summary("{run}"),
+        manifests=run_manifests,
     output:
-        report("results/{run}/report/loss.svg", caption="../report/loss.rst", category="Training", subcategory="{run}"),
+        report(paths.report_file("{run}", "summary.html"), caption="../report/summary.rst", category="Summary", subcategory="{run}"),
+    localrule: True
     log:
-        "logs/{run}/report_training.log",
+        "logs/{run}/report_summary.log",
     conda:
         "../../envs/sailflow.yaml"
     script:
-        "../scripts/report_training.py"
+        "../scripts/report_summary.py"
+
+
+rule report_metrics:
+    input:
+        [paths.eval_summary(run) for run in config["report"]["runs"]],
+    output:
+        report(paths.report_metrics(), caption="../report/metrics.rst", category="Metrics"),
+    localrule: True
+    log:
+        "logs/report_metrics.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/report_metrics.py"
 
 
 rule report_data:
     input:
         run_manifests,
     output:
-        report("results/{run}/report/data.html", caption="../report/data.rst", category="Data", subcategory="{run}"),
+        report(paths.report_file("{run}", "data.html"), caption="../report/data.rst", category="Data", subcategory="{run}"),
+    localrule: True
     log:
         "logs/{run}/report_data.log",
     conda:
@@ -31,12 +51,44 @@ rule report_data:
         "../scripts/report_data.py"
 
 
+rule report_training:
+    input:
+        paths.align_config("{run}"),  # train_log.jsonl beside it is complete once this exists
+    output:
+        report(paths.report_file("{run}", "training.svg"), caption="../report/training.rst", category="Training", subcategory="{run}"),
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
+    log:
+        "logs/{run}/report_training.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/report_training.py"
+
+
+rule report_zeroshot:
+    input:
+        paths.eval_result("{run}", "{task}"),
+    output:
+        report(paths.report_file("{run}", "confusion_{task}.svg"), caption="../report/zeroshot.rst", category="Zero-shot classification",
+               subcategory="{run}"),
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
+    log:
+        "logs/{run}/report_zeroshot_{task}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/report_zeroshot.py"
+
+
 rule report_retrieval:
     input:
-        "results/{run}/eval/{task}.json",
+        paths.eval_result("{run}", "{task}"),
     output:
-        report("results/{run}/report/retrieval_{task}.png", caption="../report/retrieval.rst", category="Retrieval examples",
-               subcategory="{run}"),
+        examples=report(paths.report_file("{run}", "retrieval_{task}.png"), caption="../report/retrieval.rst", category="Retrieval",
+                        subcategory="{run}"),
+        misses=report(paths.report_file("{run}", "misses_{task}.png"), caption="../report/misses.rst", category="Retrieval",
+                      subcategory="{run}"),
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     log:
         "logs/{run}/report_retrieval_{task}.log",
     conda:
@@ -45,14 +97,18 @@ rule report_retrieval:
         "../scripts/report_retrieval.py"
 
 
-rule report_metrics:
+rule report_pairs:
     input:
-        [f"results/{run}/eval.json" for run in config["report"]["runs"]],
+        paths.eval_result("{run}", "{task}"),
     output:
-        report("results/report/metrics.html", caption="../report/metrics.rst", category="Metrics"),
+        report(paths.report_file("{run}", "pairs_{task}.png"), caption="../report/pairs.rst", category="Winoground and MMVP",
+               subcategory="{run}"),
+    params:
+        kind=lambda wildcards: EVAL_TASKS[wildcards.task]["kind"],
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     log:
-        "logs/report_metrics.log",
+        "logs/{run}/report_pairs_{task}.log",
     conda:
         "../../envs/sailflow.yaml"
     script:
-        "../scripts/report_metrics.py"
+        "../scripts/report_pairs.py"

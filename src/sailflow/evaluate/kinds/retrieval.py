@@ -56,9 +56,43 @@ def chance(text_image: torch.Tensor, n_images: int, ks=(1, 5, 10)) -> dict:
     return out
 
 
+def own_image_ranks(scores: torch.Tensor, text_image: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``[T]`` 1-based rank of each caption's own image among all images, by the metrics' order
+    (score descending, ties: the lower image index first): rank 1 is a hit at R@1."""
+    import torch
+
+    n_texts, n_images = scores.shape
+    ranks = torch.empty(n_texts, dtype=torch.long)
+    cols = torch.arange(n_images)
+    for lo in range(0, n_texts, rows):  # [rows, I] comparisons at a time: COCO is 25k x 5k
+        s, own = scores[lo:lo + rows], text_image[lo:lo + rows]
+        own_score = s.gather(1, own[:, None])
+        before = (s > own_score) | ((s == own_score) & (cols[None, :] < own[:, None]))
+        ranks[lo:lo + rows] = before.sum(1) + 1
+    return ranks
+
+
+def worst_misses(scores: torch.Tensor, text_image: torch.Tensor, images: list, captions: list[str], n: int) -> list[dict]:
+    """The ``n`` captions whose own image ranks lowest (text -> image), worst first (equal ranks:
+    the lower caption index first), each with its image, that image's rank and score, and the
+    top-3 images retrieved instead."""
+    import torch
+
+    from sailflow.evaluate.ranking import topk_indices
+
+    ranks = own_image_ranks(scores, text_image)
+    worst = torch.sort(ranks, descending=True, stable=True).indices[:n].tolist()
+    top = topk_indices(scores[worst], 3).tolist() if worst else []
+    return [{"caption": captions[t], "image": str(images[int(text_image[t])]), "rank": int(ranks[t]),
+             "score": float(scores[t, text_image[t]]),
+             "retrieved": [{"image": str(images[i]), "score": float(scores[t, i])} for i in ts]}
+            for t, ts in zip(worst, top)]
+
+
 def evaluate(model, data: Retrieval, ks=(1, 5, 10), examples: int = 0) -> dict:
-    """Score ``model`` on a retrieval set. ``examples`` > 0 adds that many images (spread over the
-    set) with their captions and their top-3 retrieved captions, for the report."""
+    """Score ``model`` on a retrieval set. ``examples`` > 0 adds, for the report, that many images
+    (spread over the set) with their captions and their top-3 retrieved captions (``examples``) and
+    that many captions whose own image ranked worst (``misses``, see :func:`worst_misses`)."""
     import torch
 
     from sailflow.evaluate.ranking import topk_indices
@@ -78,6 +112,7 @@ def evaluate(model, data: Retrieval, ks=(1, 5, 10), examples: int = 0) -> dict:
              "retrieved": [{"caption": data.captions[t], "score": round(float(scores[t, i]), 4), "correct": data.text_image[t] == i} for t in ts]}
             for i, ts in zip(picks, top)
         ]
+        out["misses"] = worst_misses(scores, text_image, data.images, data.captions, examples)
     return out
 
 

@@ -22,14 +22,20 @@ if TYPE_CHECKING:
     import torch
 
 CHANCE = {"text": 1 / 4, "image": 1 / 4, "group": 1 / 6}
+REPORT_EXAMPLES = 8  # examples (spread over the set) kept in the result for the report
+
+
+def winoground_outcomes(s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``s``: ``[N, 2, 2]`` caption x image scores -> ``text``, ``image``, ``group``: ``[N]`` bool."""
+    text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    return {"text": text, "image": image, "group": text & image}
 
 
 def winoground_scores(s: torch.Tensor, groups: list[str] | None = None) -> dict:
     """``s``: ``[N, 2, 2]`` caption x image scores. Fractions of examples, overall and (when
     ``groups`` is given, e.g. Winoground's collapsed_tag) per group as ``text/<group>`` etc."""
-    text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
-    image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
-    scores = {"text": text, "image": image, "group": text & image}
+    scores = winoground_outcomes(s)
     out = {k: float(v.float().mean()) for k, v in scores.items()}
     if groups and len(set(groups)) > 1:
         rows = defaultdict(list)
@@ -53,9 +59,26 @@ def pair_scores(model, data: Pairs) -> torch.Tensor:
     return t @ i.transpose(1, 2)
 
 
+def pair_examples(s: torch.Tensor, data: Pairs, outcomes: dict[str, torch.Tensor], n: int = REPORT_EXAMPLES) -> list[dict]:
+    """``n`` examples spread evenly over the set, for the report: both images and captions, the
+    ``tag`` (Winoground's collapsed_tag, MMVP's pattern), the ``[2, 2]`` caption x image scores and
+    each outcome (True: counted as correct)."""
+    import torch
+
+    picks = torch.linspace(0, len(s) - 1, min(n, len(s))).round().long().unique().tolist() if len(s) else []
+    return [{"images": [str(data.images0[k]), str(data.images1[k])], "captions": [data.captions0[k], data.captions1[k]],
+             "tag": data.groups[k], "scores": s[k].tolist(), **{name: bool(v[k]) for name, v in outcomes.items()}}
+            for k in picks]
+
+
 def evaluate(model, data: Pairs) -> dict:
-    return {"metrics": winoground_scores(pair_scores(model, data), data.groups),
-            "counts": {"examples": len(data.images0)}, "chance": dict(CHANCE)}
+    """Metrics, with chance per metric (per-group metrics have their overall metric's chance), and
+    ``examples`` for the report (see :func:`pair_examples`)."""
+    s = pair_scores(model, data)
+    metrics = winoground_scores(s, data.groups)
+    return {"metrics": metrics,
+            "counts": {"examples": len(data.images0)}, "chance": {k: CHANCE[k.split("/")[0]] for k in metrics},
+            "examples": pair_examples(s, data, winoground_outcomes(s))}
 
 
 def pair_images(data: Pairs) -> list:

@@ -34,13 +34,18 @@ def classifier(class_names: list[str], templates: list[str], encode_text: Callab
     return classifier_weights(encode_text(prompts(class_names, templates)), len(class_names))
 
 
-def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> dict:
-    """acc1, acc5 and mean per-class recall of ``100 * normalize(image_emb) @ weights``."""
+def zeroshot_logits(image_emb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[N, C]`` = ``100 * normalize(image_emb) @ weights``."""
     import torch.nn.functional as F
 
+    return 100.0 * F.normalize(image_emb.float(), dim=-1) @ weights
+
+
+def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> dict:
+    """acc1, acc5 and mean per-class recall of ``100 * normalize(image_emb) @ weights``."""
     from sailflow.evaluate.ranking import topk_indices
 
-    logits = 100.0 * F.normalize(image_emb.float(), dim=-1) @ weights
+    logits = zeroshot_logits(image_emb, weights)
     n_classes = logits.shape[1]
     top = topk_indices(logits, 5)
     hit = top == targets[:, None]
@@ -53,16 +58,35 @@ def classification_metrics(image_emb: torch.Tensor, weights: torch.Tensor, targe
     }
 
 
+def confusion_counts(image_emb: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> list[list[int]]:
+    """The top-1 confusion matrix as its non-zero cells ``[true class, predicted class, images]``, in
+    row-major order (sparse: ImageNet's 1000 x 1000 matrix is mostly zeros). The prediction is the
+    one ``acc1`` scores (same logits, same tie rule), so the cells of true class c add up to its
+    number of images."""
+    import torch
+
+    from sailflow.evaluate.ranking import topk_indices
+
+    logits = zeroshot_logits(image_emb, weights)
+    c = logits.shape[1]
+    pred = topk_indices(logits, 1)[:, 0]
+    cells = torch.bincount(targets.long() * c + pred, minlength=c * c)
+    return [[i // c, i % c, int(cells[i])] for i in torch.nonzero(cells).flatten().tolist()]
+
+
 def evaluate(model, data: datasets.Classification, templates: list[str]) -> dict:
     """Score ``model`` (``encode_image(paths)``, ``encode_text(strings)``, both ``[N, D]``) on a
-    classification set. Chance: 1/C at top-1 (and min(5, C)/C at top-5) for balanced classes."""
+    classification set. Chance: 1/C at top-1 (and min(5, C)/C at top-5) for balanced classes.
+    ``confusion`` (for the report): the class names and the top-1 confusion counts (:func:`confusion_counts`)."""
     import torch
 
     weights = classifier(data.class_names, templates, model.encode_text)
-    metrics = classification_metrics(model.encode_image(data.images), weights, torch.as_tensor(data.labels))
+    image_emb, targets = model.encode_image(data.images), torch.as_tensor(data.labels)
+    metrics = classification_metrics(image_emb, weights, targets)
     c = len(data.class_names)
     return {"metrics": metrics, "counts": {"images": len(data.images), "classes": c, "templates": len(templates)},
-            "chance": {"acc1": 1 / c, "acc5": min(5, c) / c if c >= 5 else math.nan, "mean_per_class_recall": 1 / c}}
+            "chance": {"acc1": 1 / c, "acc5": min(5, c) / c if c >= 5 else math.nan, "mean_per_class_recall": 1 / c},
+            "confusion": {"classes": list(data.class_names), "counts": confusion_counts(image_emb, weights, targets)}}
 
 
 def load(spec: dict, name: str) -> datasets.Classification:

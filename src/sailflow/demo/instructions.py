@@ -1,0 +1,112 @@
+"""The demo's stage-2 instruction set: LLaVA-format records generated from the shapes' ground truth.
+
+Every training image gets one record with one to three question/answer turns about its colour,
+shape, size, position or background, in the three answer styles of LLaVA-1.5's mix: a short answer
+("...\\nAnswer the question using a single word or phrase."), yes/no, and lettered multiple choice
+("...\\nAnswer with the option's letter from the given choices directly."). A few text-only records
+(no image, questions about the shapes themselves) make the set mix665k-like. The questions asked at
+evaluation time (held-out images) use the same wordings; their images were never seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+
+from sailflow.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+from sailflow.io import atomic_path
+
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+ATTRIBUTES = {
+    "colour": ("What colour is the shape?", list(COLOURS)),
+    "shape": ("What shape is shown in the image?", SHAPES),
+    "size": ("Is the shape small or large?", list(SIZES)),
+    "position": ("Where is the shape in the image?", list(POSITIONS)),
+    "background": ("What colour is the background?", list(COLOURS)),
+}
+SIDES = {"triangle": "three", "square": "four", "hexagon": "six"}
+
+
+def short_question(attribute: str) -> str:
+    return ATTRIBUTES[attribute][0] + SHORT
+
+
+def _mc(attribute: str, truth: str, rng: random.Random) -> tuple[str, str]:
+    question, values = ATTRIBUTES[attribute]
+    options = rng.sample([v for v in values if v != truth], k=min(3, len(values) - 1)) + [truth]
+    rng.shuffle(options)
+    letters = "ABCD"
+    text = question + "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(options)) + LETTER
+    return text, letters[options.index(truth)]
+
+
+def _yes_no(attribute: str, truth: str, rng: random.Random) -> tuple[str, str]:
+    values = ATTRIBUTES[attribute][1]
+    asked = truth if rng.random() < 0.5 else rng.choice([v for v in values if v != truth])
+    what = {"colour": f"Is the shape {asked}?", "shape": f"Is there a {asked} in the image?", "size": f"Is the shape {asked}?",
+            "position": f"Is the shape in the {asked}?" if asked != "center" else "Is the shape in the center?",
+            "background": f"Is the background {asked}?"}[attribute]
+    return what + SHORT, "Yes" if asked == truth else "No"
+
+
+def _turn(attribute: str, truth: str, rng: random.Random) -> tuple[str, str]:
+    style = rng.random()
+    if style < 0.5:
+        return short_question(attribute), truth
+    if style < 0.75:
+        return _yes_no(attribute, truth, rng)
+    return _mc(attribute, truth, rng)
+
+
+def _text_only(i: int, rng: random.Random) -> dict:
+    shape = rng.choice(list(SIDES))
+    colour = rng.choice(list(COLOURS))
+    q, a = rng.choice([
+        (f"How many sides does a {shape} have?{SHORT}", SIDES[shape]),
+        (f"Is {colour} a colour or a shape?{SHORT}", "colour"),
+        (f"Is a {shape} a colour or a shape?{SHORT}", "shape"),
+    ])
+    return {"id": f"text-{i:06d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+
+
+def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05) -> int:
+    """Write the instruction set for the images of ``meta`` (train.meta.parquet: row, url, shape,
+    colour, background, size, position); ``image`` paths relative to ``image_root``. Returns the count."""
+    rng = random.Random(seed * 7919 + 11)
+    root = Path(image_root).resolve()
+    records = []
+    for row in meta.itertuples(index=False):
+        path = Path(row.url.removeprefix("file://"))
+        a = row._asdict()
+        attrs = rng.sample(list(ATTRIBUTES), k=rng.choice([1, 1, 2, 3]))
+        conv = []
+        for k, attr in enumerate(attrs):
+            q, ans = _turn(attr, a[attr], rng)
+            conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + q}, {"from": "gpt", "value": ans}]
+        records.append({"id": f"shape-{row.row:06d}", "image": str(path.relative_to(root)), "conversations": conv})
+        if rng.random() < text_only:
+            records.append(_text_only(len(records), rng))
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_text(json.dumps(records, indent=0))
+    return len(records)
+
+
+def demo_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
+    """What the demo's tiny LLM is pre-trained on (and its tokenizer learns from): the captions, the
+    instruction conversations, and the vicuna_v1 system prompt and role names stage 2 wraps them in (so
+    they become a few tokens, not a hundred)."""
+    import csv
+
+    from sailflow.llava.templates import VICUNA_SYSTEM
+
+    texts = [f"{VICUNA_SYSTEM} USER: ASSISTANT:"] * 200
+    with open(train_csv, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            texts += [v for k, v in row.items() if k != "Image Path" and v]
+    for r in json.loads(Path(instructions).read_text()):
+        texts += [t["value"].replace("<image>\n", "") for t in r["conversations"]]
+    return texts

@@ -1,0 +1,444 @@
+"""One LLaVA training stage with transformers' Trainer (+ DeepSpeed ZeRO), resumable.
+
+    pretrain (stage 1)   the connector only; tower and LLM frozen; template `plain`; ZeRO-2
+    finetune (stage 2)   connector + LLM (or LoRA adapters on the LLM, connector at its own lr), and on
+                         request the SAIL head (`tune_head`) and the tower (`unlock_tower`); `v1`; ZeRO-3
+
+``train_stage(args)`` runs in-process or under ``torchrun`` (``python -m sailflow.llava.train ARGS.json``,
+launched by :func:`sailflow.gpu.launch`). The global batch is kept: gradient accumulation =
+``global_batch_size / (per_device_batch_size * world)``, and the loss of an optimiser step is the mean over
+all its supervised tokens (transformers' ``num_items_in_batch``), so 2 GPUs train the same model as 8.
+
+Resuming: the Trainer's checkpoints live in ``<out_dir>/state/`` and are used only by the very same run
+(:mod:`sailflow.resume`: settings, data files, previous stage, world size); a finished stage removes them.
+They are transformers'/DeepSpeed's own format, written and read by this run only; the stage's outputs are
+safetensors (never pickled) with a manifest, ``config.json``, that loaders follow (never folder names):
+
+    connector.safetensors            the connector (and the SAIL head / tower when trained: head.safetensors, tower.safetensors)
+    language_model/                  stage 2 full fine-tune: the LLM (save_pretrained, safetensors) + tokenizer
+    adapter/                         stage 2 LoRA: the peft adapter (safetensors) + tokenizer
+    config.json                      kind, tower, connector, LLM, template, image tokens, max length, settings, data counts
+    train_log.jsonl                  step, loss, lr, grad norm, tokens/s (rank 0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from sailflow.config import digest
+from sailflow.io import write_json
+from sailflow.resume import finish_state, prepare_state, run_identity
+
+STAGES = ("pretrain", "finetune")
+DEEPSPEED_CONFIGS = Path(__file__).parent / "deepspeed"
+MANIFEST = "config.json"
+
+
+class StageError(RuntimeError):
+    pass
+
+
+# ---- building the model --------------------------------------------------------------------------------
+
+
+def _attn_implementation() -> str:
+    """flash-attn 2 when installed and on a GPU, PyTorch SDPA otherwise (logged by the caller)."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def bf16_supported() -> bool:
+    """bf16 on real hardware (compute capability >= 8.0), not through emulation."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def load_llm(llm: dict, dtype: torch.dtype, attn: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sailflow.backbones.hub import loading
+    from sailflow.backbones.spec import hub_kwargs, resolve_path
+
+    path = resolve_path(llm["path"], llm.get("revision"))
+    with loading(llm.get("name", "llm"), {**llm, "family": "hf"}):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, use_safetensors=True, **hub_kwargs(llm))
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs(llm))
+    if tokenizer.pad_token_id is None:
+        raise StageError(f"llm {llm.get('name')}: its tokenizer has no pad token; LLaVA pads with it (set one in the tokenizer files)")
+    return model, tokenizer
+
+
+def build_model(spec: dict, *, dtype=torch.float32, device="cpu", connector_state: dict | None = None):
+    """Tower + connector + LLM from a stage's args (or a manifest); returns (LlavaModel, tokenizer, tower)."""
+    from sailflow.llava.connectors import build_connector, connector_tokens
+    from sailflow.llava.model import LlavaModel
+    from sailflow.llava.towers import load_tower
+
+    tower = load_tower(spec["tower"], image_aspect_ratio=spec.get("image_aspect_ratio", "square"), device=device)
+    llm, tokenizer = load_llm(spec["llm"], dtype, spec.get("attn_implementation") or _attn_implementation())
+    c = spec["connector"]
+    opts = {k: v for k, v in c.items() if k != "kind"}
+    connector = build_connector(c["kind"], tower.hidden_size, llm.config.hidden_size, tower.n_tokens, **opts)
+    if connector_state is not None:
+        connector.load_state_dict(connector_state, strict=True)  # a newly initialised connector is an error
+    n_image_tokens = connector_tokens(c["kind"], tower.n_tokens, **opts)
+    model = LlavaModel(tower, connector, llm, n_image_tokens=n_image_tokens, max_length=spec["settings"]["max_length"])
+    return model, tokenizer, tower
+
+
+def _lora_targets(llm) -> list[str]:
+    """Every nn.Linear leaf of the LLM but the output head (LLaVA's find_all_linear_names)."""
+    names = {name.rsplit(".", 1)[-1] for name, m in llm.named_modules() if isinstance(m, torch.nn.Linear)}
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def set_trainable(model, stage: str, s: dict) -> None:
+    """Freeze everything, then unfreeze what the stage trains (LoRA: peft marks its adapters)."""
+    model.requires_grad_(False)
+    model.multi_modal_projector.requires_grad_(True)
+    if stage == "finetune":
+        if s.get("lora"):
+            from peft import LoraConfig, get_peft_model
+
+            lora = s["lora"]
+            cfg = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora.get("dropout", 0.05)),
+                             bias="none", target_modules=_lora_targets(model.language_model), task_type="CAUSAL_LM")
+            model.language_model = get_peft_model(model.language_model, cfg)
+        else:
+            model.language_model.requires_grad_(True)
+        model.vision_tower.set_trainable(tower=bool(s.get("unlock_tower")), head=bool(s.get("tune_head")))
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+
+def load_records(data: list[dict], on_error: str, log) -> tuple[list, Counter]:
+    from sailflow.llava.data import read_records, records_from_dataset
+
+    records, drops = [], Counter()
+    for d in data:
+        if "json" in d:
+            r, dr = read_records(d["json"], d.get("images") or ".", on_error=on_error, log=log)
+        else:
+            r, dr = records_from_dataset(d["samples"], d["images_dirs"], d["caption_source"], dataset=d["dataset"])
+        records += r
+        drops.update(dr)
+        print(f"[llava] data {d.get('json') or d.get('dataset')}: {len(r)} records, dropped {dict(dr)}", file=log, flush=True)
+    return records, drops
+
+
+# ---- the Trainer --------------------------------------------------------------------------------------
+
+
+def _trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    class LlavaTrainer(Trainer):
+        """transformers' Trainer with LLaVA's sampler, a separate connector lr, and checkpoints of the
+        trainable weights only (the frozen tower and LLM are the inputs, not state)."""
+
+        group_by_modality = False
+        connector_lr = None
+        world_for_grouping = 1
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.group_by_modality:
+                return super()._get_train_sampler(train_dataset)
+            from sailflow.llava.data import ModalityLengthGroupedSampler
+
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            return ModalityLengthGroupedSampler(ds.modality_lengths, self.args.per_device_train_batch_size,
+                                                self.world_for_grouping, seed=self.args.data_seed or self.args.seed)
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None and self.connector_lr is not None:
+                model = self.model
+                decay = set(self.get_decay_parameter_names(model))
+                groups = {}
+                for n, p in model.named_parameters():
+                    if not p.requires_grad:
+                        continue
+                    lr = self.connector_lr if n.startswith("multi_modal_projector.") else self.args.learning_rate
+                    wd = self.args.weight_decay if n in decay else 0.0
+                    groups.setdefault((lr, wd), []).append(p)
+                params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+                kwargs.pop("lr", None)
+                self.optimizer = cls(params, **kwargs)
+                return self.optimizer
+            return super().create_optimizer(model)
+
+        def _save(self, output_dir=None, state_dict=None):
+            if not self.args.should_save:
+                return
+            import safetensors.torch
+
+            output_dir = output_dir or self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            state = {n: t.detach().cpu().contiguous() for n, t in (state_dict or {}).items()} if state_dict else trainable_state(self.model)
+            keep = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            state = {n: t for n, t in state.items() if n in keep}
+            safetensors.torch.save_file(state, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+
+        def _issue_warnings_after_load(self, load_result):
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            missing = sorted(trainable & set(load_result.missing_keys))
+            if missing:
+                raise StageError(f"the checkpoint lacks trainable weights {missing[:5]}; it is not a checkpoint of this stage")
+
+    class JsonlLog(TrainerCallback):
+        """train_log.jsonl on rank 0: one line per logging step; rewritten from the checkpoint's history on resume."""
+
+        def __init__(self, path: Path, log, tokens_per_step: float):
+            self.path, self.log, self.tokens_per_step = path, log, tokens_per_step
+            self.t0 = time.perf_counter()
+            self.last_step = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                keep = [h for h in state.log_history if "loss" in h]
+                with open(self.path, "w") as f:
+                    for h in keep:
+                        f.write(json.dumps(_record(h)) + "\n")
+            self.last_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            now = time.perf_counter()
+            rec = _record({**logs, "step": state.global_step, "epoch": state.epoch})
+            steps = max(1, state.global_step - self.last_step)
+            rec["tokens_per_s"] = round(self.tokens_per_step * steps / max(now - self.t0, 1e-9), 1)
+            self.t0, self.last_step = now, state.global_step
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), file=self.log, flush=True)
+
+    return LlavaTrainer, JsonlLog
+
+
+def _record(h: dict) -> dict:
+    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm")
+    out = {k: h[k] for k in keys if k in h}
+    if "learning_rate" in out:
+        out["lr"] = out.pop("learning_rate")
+    return out
+
+
+def _last_checkpoint(state_dir: Path) -> str | None:
+    ckpts = sorted(state_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return str(ckpts[-1]) if ckpts else None
+
+
+def deepspeed_config(name: str | None) -> str | None:
+    if not name or name == "none":
+        return None
+    path = DEEPSPEED_CONFIGS / f"{name}.json"
+    if not path.exists():
+        raise StageError(f"unknown deepspeed config {name!r}; shipped: {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.json'))}")
+    return str(path)
+
+
+def train_stage(args: dict, log=sys.stderr) -> dict:
+    """Train one stage. ``args``: stage, out_dir, tower, image_aspect_ratio, connector, llm, template, data,
+    on_bad_record, settings, previous (stage 2: the stage-1 folder), meta. Returns what the manifest records."""
+    from transformers import TrainingArguments
+
+    from sailflow.llava.data import LlavaDataset, collate
+    from sailflow.llava.templates import get_template
+
+    stage, s = args["stage"], args["settings"]
+    if stage not in STAGES:
+        raise StageError(f"stage must be one of {STAGES}, not {stage!r}")
+    out_dir = Path(args["out_dir"])
+    state_dir = out_dir / "state"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    per_device = int(s["per_device_batch_size"])
+    accum, rest = divmod(int(s["global_batch_size"]), per_device * world)
+    if rest or accum < 1:
+        raise StageError(f"global_batch_size {s['global_batch_size']} is not a multiple of per_device_batch_size {per_device} x {world} GPUs")
+    bf16 = s.get("precision", "auto") in ("auto", "bf16") and bf16_supported()
+    ds = deepspeed_config(s.get("deepspeed"))
+    if ds is not None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
+
+    # the run's identity: settings, data files, the previous stage's weights and the world size
+    inputs = {"data": [p for d in args["data"] for p in ([d["json"]] if "json" in d else d["samples"])]}
+    if args.get("previous"):
+        inputs["previous"] = sorted(str(p) for p in Path(args["previous"]).glob("*.safetensors"))
+    if args["tower"].get("align_dir"):
+        inputs["align_head"] = [str(Path(args["tower"]["align_dir"]) / "head.safetensors")]
+    identity = run_identity({k: v for k, v in args.items() if k not in ("out_dir", "meta", "log_every", "checkpoint_every")},
+                            inputs, world=world)
+    resumable = prepare_state(state_dir, identity, log, name=f"llava {stage}") if rank == 0 else True
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        dist.barrier()  # the other ranks read the state folder rank 0 has vetted
+        flag = torch.tensor([int(resumable)])
+        dist.broadcast(flag, 0)
+        resumable = bool(flag.item())
+
+    torch.manual_seed(int(s["seed"]))
+    connector_state = None
+    if stage == "finetune":
+        from safetensors.torch import load_file
+
+        connector_state = load_file(str(Path(args["previous"]) / "connector.safetensors"))
+    dtype = torch.bfloat16 if (bf16 and ds) else torch.float32
+    model, tokenizer, tower = build_model(args, dtype=dtype, device="cuda" if cuda else "cpu", connector_state=connector_state)
+    set_trainable(model, stage, s)
+    model.accepts_loss_kwargs = True  # the loss is normalised by num_items_in_batch (one step = one big batch)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    template = get_template(args["template"], tokenizer)
+    records, drops = load_records(args["data"], args.get("on_bad_record", "error"), log)
+    dataset = LlavaDataset(records, template, tower.preprocess, model.n_image_tokens, int(s["max_length"]), tower.image_size,
+                           on_error=args.get("on_bad_record", "error"), log=log)
+    drops.update(dataset.drops)
+    if dataset.mismatches:
+        print(f"[llava] warning: {dataset.mismatches} conversation(s) tokenize differently in one go than segment by segment; "
+              "their labels follow the segments (right by construction)", file=log, flush=True)
+    n_images = sum(1 for m in dataset.modality_lengths if m > 0)
+    steps_per_epoch = math.ceil(len(dataset) / (per_device * world)) // accum
+    if rank == 0:
+        print(f"[llava] {stage}: {len(dataset)} samples ({n_images} with an image, {len(dataset) - n_images} text-only), "
+              f"dropped {dict(drops)}; world {world} x per-device {per_device} x accumulation {accum} = global batch "
+              f"{s['global_batch_size']}; ~{steps_per_epoch} steps/epoch; trainable parameters {n_train:,}; "
+              f"tower {tower.kind} ({model.n_image_tokens} image tokens), deepspeed {s.get('deepspeed') or 'none'}, "
+              f"bf16 {bf16}, attention {args.get('attn_implementation') or _attn_implementation()}", file=log, flush=True)
+    if steps_per_epoch < 1:
+        raise StageError(f"{len(dataset)} samples are fewer than one global batch of {s['global_batch_size']}; lower global_batch_size")
+
+    targs = TrainingArguments(
+        output_dir=str(state_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
+        learning_rate=float(s["lr"]), weight_decay=float(s["weight_decay"]), warmup_steps=float(s["warmup_ratio"]),  # a float < 1 is a ratio
+        lr_scheduler_type=s.get("lr_scheduler", "cosine"), num_train_epochs=float(s["epochs"]), max_grad_norm=float(s.get("max_grad_norm", 1.0)),
+        bf16=bf16, use_cpu=not cuda, deepspeed=ds, activation_checkpointing=bool(s.get("gradient_checkpointing", False)),
+        save_strategy="steps", save_steps=int(args.get("checkpoint_every", 500)), save_total_limit=1,
+        logging_steps=int(args.get("log_every", 1)), seed=int(s["seed"]), data_seed=int(s["seed"]), report_to=[],
+        remove_unused_columns=False, dataloader_num_workers=int(s.get("dataloader_workers", 0)), disable_tqdm=False,
+        optim=s.get("optim", "adamw_torch"), ddp_find_unused_parameters=False, save_only_model=False,
+    )
+    LlavaTrainer, JsonlLog = _trainer_class()
+    pad = tokenizer.pad_token_id
+    trainer = LlavaTrainer(model=model, args=targs, train_dataset=dataset, data_collator=lambda b: collate(b, pad),
+                           callbacks=[JsonlLog(out_dir / "train_log.jsonl", log, per_device * world * accum * float(sum(dataset.lengths)) / len(dataset))])
+    trainer.group_by_modality = bool(s.get("group_by_modality_length", False))
+    trainer.world_for_grouping = world * accum
+    trainer.connector_lr = float(s["connector_lr"]) if s.get("connector_lr") else None
+    resume = _last_checkpoint(state_dir) if resumable else None
+    if resume and rank == 0:
+        print(f"[llava] resumed from {resume}", file=log, flush=True)
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    info = {"steps": int(trainer.state.global_step), "samples": len(dataset), "image_samples": n_images, "dropped": dict(drops),
+            "train_loss": float(result.training_loss), "trainable_parameters": n_train, "world": world,
+            "gradient_accumulation": accum, "bf16": bf16}
+    save_stage(trainer, model, tokenizer, tower, args, info, out_dir)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank == 0:
+        finish_state(state_dir)
+    return info
+
+
+def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir: Path) -> None:
+    """Gather the trained weights (all ranks: under ZeRO-3 this is a collective), write them on rank 0,
+    then reload each file and check it against the in-memory tensors (never a KB-sized empty file)."""
+    from safetensors.torch import load_file, save_file
+
+    from sailflow.io import atomic_path
+
+    stage, s = args["stage"], args["settings"]
+    full = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else model)
+    if not trainer.args.should_save:
+        return
+    full = {k: v.detach().cpu().contiguous() for k, v in full.items()}
+    written = {}
+
+    def save(name: str, prefix: str):
+        part = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+        if not part:
+            raise StageError(f"no weights under {prefix!r} to save")
+        with atomic_path(out_dir / name) as tmp:
+            save_file(part, str(tmp), metadata={"format": "sailflow-llava", "stage": stage})
+        written[name] = part
+
+    save("connector.safetensors", "multi_modal_projector.")
+    if stage == "finetune":
+        if s.get("tune_head"):
+            save("head.safetensors", "vision_tower.head.")
+        if s.get("unlock_tower"):
+            save("tower.safetensors", "vision_tower.backbone.")
+        if s.get("lora"):
+            _save_dir(out_dir / "adapter", lambda d: (model.language_model.save_pretrained(d, state_dict={
+                k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}), tokenizer.save_pretrained(d)))
+        else:
+            llm_state = {k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}
+            _save_dir(out_dir / "language_model", lambda d: (model.language_model.save_pretrained(d, state_dict=llm_state), tokenizer.save_pretrained(d)))
+    for name, part in written.items():  # reload check (pitfall: ZeRO-3 writing placeholders)
+        back = load_file(str(out_dir / name))
+        bad = [k for k, v in part.items() if k not in back or back[k].shape != v.shape or v.numel() == 0 or not torch.equal(back[k], v)]
+        if bad:
+            raise StageError(f"{out_dir / name}: tensors {bad[:5]} did not save correctly")
+    manifest = {
+        "kind": "llava-stage", "stage": stage, "tower": tower.describe(), "tower_spec": args["tower"], "image_aspect_ratio": args.get("image_aspect_ratio", "square"),
+        "connector": args["connector"], "llm": args["llm"], "template": args["template"], "n_image_tokens": model.n_image_tokens,
+        "max_length": int(s["max_length"]), "settings": s, "lora": bool(s.get("lora")), "trained": sorted(written) + (
+            ["adapter/"] if stage == "finetune" and s.get("lora") else ["language_model/"] if stage == "finetune" else []),
+        "previous": args.get("previous"), "fingerprint": digest({k: v for k, v in args.items() if k != "out_dir"}),
+        **info, **args.get("meta", {}),
+    }
+    write_json(out_dir / MANIFEST, manifest)
+
+
+def _save_dir(final: Path, write) -> None:
+    """Write a folder under a temporary name, then rename it into place (a killed save leaves no half folder)."""
+    import shutil
+
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+if __name__ == "__main__":
+    a = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        train_stage(a)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

@@ -1,0 +1,92 @@
+# LLaVA-style training: stage 1 (pretrain: the connector between a frozen tower and a frozen LLM), stage 2
+# (finetune: instruction tuning), the transformers export; and the demo's tiny LLM and instruction set.
+
+
+rule build_tiny_llm:
+    input:
+        texts=lambda w: tiny_llm_texts(w.llm),
+    output:
+        directory(paths.tiny_model("{llm}")),
+    params:
+        kind=lambda w: LLMS[w.llm]["build"],
+        steps=config["demo"]["llm_pretrain_steps"],
+    threads: 1  # tiny matrices: one thread is as fast, and stays fast beside other jobs
+    log:
+        "logs/models/{llm}.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/build_tiny_llm.py"
+
+
+rule llava_demo_data:
+    input:
+        meta="results/demo/shapes/train.meta.parquet",
+    output:
+        paths.llava_demo_instructions(),
+    params:
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/llava_instructions.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/llava_demo_data.py"
+
+
+rule llava_pretrain:
+    input:
+        unpack(llava_inputs("pretrain")),
+    output:
+        manifest=paths.llava_manifest("{run}", "pretrain"),
+        connector=paths.llava_connector("{run}", "pretrain"),
+    params:
+        args=llava_args("pretrain"),
+    resources:
+        gpu=llava_gpus,
+        # intervals only (not results): resources, so that changing them reruns nothing
+        checkpoint_every=llava_runtime("checkpoint_every"),
+        log_every=llava_runtime("log_every"),
+    log:
+        "logs/{run}/llava_pretrain.log",
+    benchmark:
+        "logs/benchmark/{run}/llava_pretrain.tsv"
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/llava_stage.py"
+
+
+rule llava_finetune:
+    input:
+        unpack(llava_inputs("finetune")),
+    output:
+        manifest=paths.llava_manifest("{run}", "finetune"),
+        connector=paths.llava_connector("{run}", "finetune"),
+    params:
+        args=llava_args("finetune"),
+    resources:
+        gpu=llava_gpus,
+        checkpoint_every=llava_runtime("checkpoint_every"),
+        log_every=llava_runtime("log_every"),
+    log:
+        "logs/{run}/llava_finetune.log",
+    benchmark:
+        "logs/benchmark/{run}/llava_finetune.tsv"
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/llava_stage.py"
+
+
+rule llava_export:
+    input:
+        paths.llava_manifest("{run}", "finetune"),
+    output:
+        paths.llava_manifest("{run}", "hf"),
+    log:
+        "logs/{run}/llava_export.log",
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/llava_export.py"
