@@ -296,7 +296,8 @@ def test_two_jobs_claim_different_devices(tmp_path):
 def test_claim_uses_slurm_devices_and_cpu_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     c = claim_devices(2, lock_dir=tmp_path)
-    assert c.source == "environment" and c.ids == [0, 1] and c.device == "cuda:0"
+    assert c.source == "environment" and c.ids == [0, 1]
+    assert c.device == ("cuda:0" if torch.cuda.is_available() else "cpu")  # no driver: the job runs on the CPU
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("SAILFLOW_FAKE_GPU_COUNT", "0")
     c = claim_devices(1, lock_dir=tmp_path)

@@ -73,7 +73,7 @@ def test_cached_model_is_fetched_and_loaded_with_the_hub_offline(workdir, tmp_pa
 
     # the cache emptied after the fetch: the compute job says which model and how to fetch it
     shutil.rmtree(hf_home / "hub")
-    proc = snakemake(workdir, "--cores", "1", "--forcerun", "eval_text_features", target, check=False)
+    proc = snakemake(workdir, "--cores", "1", "--force", target, check=False)
     log = (workdir / "logs/eval/demo_shape/text/minilm.log").read_text()
     assert proc.returncode != 0
     assert f"backbones.minilm: model '{HUB_ID}' at revision 'main' is not in the model cache" in log

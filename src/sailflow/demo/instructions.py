@@ -1,7 +1,7 @@
 """The demo's stage-2 instruction set: LLaVA-format records generated from the shapes' ground truth.
 
-Every training image gets one record with one to three question/answer turns about its colour,
-shape, size, position or background, in the three answer styles of LLaVA-1.5's mix: a short answer
+Every training image gets one record with one to three question/answer turns: first its colour,
+then possibly its shape, size, position or background, in the three answer styles of LLaVA-1.5's mix: a short answer
 ("...\\nAnswer the question using a single word or phrase."), yes/no, and lettered multiple choice
 ("...\\nAnswer with the option's letter from the given choices directly."). A few text-only records
 (no image, questions about the shapes themselves) make the set mix665k-like. The questions asked at
@@ -82,7 +82,8 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
     for row in meta.itertuples(index=False):
         path = Path(row.url.removeprefix("file://"))
         a = row._asdict()
-        attrs = rng.sample(list(ATTRIBUTES), k=rng.choice([1, 1, 2, 3]))
+        # the first turn asks the shape's colour (what the demo's chat check asks); later turns anything else
+        attrs = ["colour"] + rng.sample([x for x in ATTRIBUTES if x != "colour"], k=rng.choice([0, 0, 1, 2]))
         conv = []
         for k, attr in enumerate(attrs):
             q, ans = _turn(attr, a[attr], rng)
