@@ -23,7 +23,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         config["default_targets"],
         report_targets(),
-    default_target: True

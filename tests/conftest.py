@@ -70,3 +70,15 @@ def pytest_collection_modifyitems(config, items):
     every `snakemake` call (the Slurm plugin is installed) asks slurmctld for its config at start-up,
     which takes ~10 s whenever no slurmctld answers. The order within each group is kept."""
     items[:] = [i for i in items if i.get_closest_marker("slurm") is None] + [i for i in items if i.get_closest_marker("slurm")]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The embedded demo exactly as `make demo` runs it (the repo's config, `snakemake --cores 2`: URLs
+    to eval.json, the report figures and the llava_demo chat model), once per session. Tests that edit
+    its config restore it, so the workdir stays up to date for the next one."""
+    workdir = tmp_path_factory.mktemp("demo")
+    cfg = repo_config()
+    write_config(workdir, cfg)
+    snakemake(workdir, "--cores", "2", timeout=3600)
+    return workdir, cfg

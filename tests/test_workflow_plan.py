@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -25,6 +26,15 @@ def _run_caption_sources(cfg: dict) -> set[str]:
 def test_lint_has_no_findings():
     proc = snakemake(REPO, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_has_nothing_to_change():
+    """The workflow catalog's formatting: Snakefile and workflow/rules/*.smk as snakefmt writes them."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_demo_dry_run_is_complete(workdir):
@@ -72,33 +82,16 @@ def test_sail_l_runs_plan_to_eval_json(workdir):
     assert "eval_tasks.imagenet1k: data/eval/imagenet/val does not exist" in proc.stdout + proc.stderr
 
 
-def _small_demo(cfg: dict) -> dict:
-    cfg["demo"].update(n_train=40, n_eval=8, eval_sets={"winoground_examples": 3, "mmvp_pairs_per_pattern": 1}, llm_pretrain_steps=10)
-    cfg["runs"]["demo"]["align"].update(batch_size=16, epochs=2, checkpoint_every=1)
-    for stage in ("pretrain", "finetune"):
-        cfg["llava_runs"]["llava_demo"][stage].update(epochs=1, global_batch_size=8, per_device_batch_size=8)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    """The whole demo chain (URLs -> eval.json and report figures) on 40 images, run once."""
-    workdir = tmp_path_factory.mktemp("small_demo")
-    cfg = _small_demo(repo_config())
-    write_config(workdir, cfg)
-    snakemake(workdir, "--cores", "2")
-    return workdir, cfg
-
-
 @pytest.mark.e2e
-def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
-    workdir, cfg = small_demo
+def test_demo_chain_writes_eval_json_and_a_report(demo, monkeypatch):
+    workdir, cfg = demo
     summary = json.loads((workdir / "results/demo/eval.json").read_text())
     tasks = cfg["runs"]["demo"]["eval"]
     assert list(summary["tasks"]) == tasks
     assert summary["vision"] == "tiny_dinov2" and summary["text"] == "minilm" and len(summary["fingerprint"]) == 16
     assert summary["git"] is None or len(summary["git"]["commit"]) == 40
-    assert summary["data"]["datasets"]["shapes"]["input_rows"] == 40 and summary["data"]["train_pairs"] > 0
+    d = cfg["demo"]
+    assert summary["data"]["datasets"]["shapes"]["input_rows"] == d["n_train"] and summary["data"]["train_pairs"] > 0
     for task in tasks:  # every metric of every task, merged from the per-task files
         per_task = json.loads((workdir / f"results/demo/eval/{task}.json").read_text())
         assert per_task["model"] == "demo" and per_task["dataset"] == task
@@ -106,10 +99,10 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
             assert summary["metrics"][f"{task}/{k}"] == v
             assert v is None or 0.0 <= v <= 1.0
     # the held-out evaluation sets: every held-out image, 5 captions each; pairs as configured
-    assert summary["tasks"]["demo_retrieval"]["counts"] == {"images": 8, "captions": 40}
-    assert summary["tasks"]["demo_shape"]["counts"]["images"] == 8
-    assert summary["tasks"]["demo_winoground"]["counts"] == {"examples": 3}
-    assert summary["tasks"]["demo_mmvp"]["counts"] == {"pairs": 5, "patterns": 5}
+    assert summary["tasks"]["demo_retrieval"]["counts"] == {"images": d["n_eval"], "captions": 5 * d["n_eval"]}
+    assert summary["tasks"]["demo_shape"]["counts"]["images"] == d["n_eval"]
+    assert summary["tasks"]["demo_winoground"]["counts"] == {"examples": d["eval_sets"]["winoground_examples"]}
+    assert summary["tasks"]["demo_mmvp"]["counts"] == {"pairs": 5 * d["eval_sets"]["mmvp_pairs_per_pattern"], "patterns": 5}
     assert "nothing to be done" in snakemake(workdir, "-n").stdout.lower()
 
     # outside Snakemake, the assembled model (backbones + head, three lines) embeds the evaluation set
@@ -150,7 +143,7 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
             assert re.search(rf">{re.escape(k)}</td><td( class='\w+')?>{value}</td><td>{chance}</td>", landing), (task, k)
     h = summary["align"]["holdout"]
     assert f">{h['text_to_image_r1']:.4f}</td><td>{h['chance']:.4f}</td>" in landing
-    assert ">source rows</span></td><td>40</td>" in landing
+    assert f">source rows</span></td><td>{d['n_train']:,}</td>" in landing
     assert f">= training pairs</span></td><td>{summary['data']['train_pairs']:,}</td>" in landing
     shape = json.loads((workdir / "results/demo/eval/demo_shape.json").read_text())  # what the confusion matrix is drawn from
     assert sum(n for _, _, n in shape["confusion"]["counts"]) == shape["counts"]["images"]
@@ -158,8 +151,15 @@ def test_demo_chain_writes_eval_json_and_a_report(small_demo, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_config_changes_rerun_only_what_depends_on_them(small_demo):
-    workdir, cfg = small_demo
+def test_config_changes_rerun_only_what_depends_on_them(demo):
+    workdir, original = demo
+    try:
+        _rerun_scopes(workdir, copy.deepcopy(original))
+    finally:  # the session's demo stays up to date for the next test
+        write_config(workdir, original)
+
+
+def _rerun_scopes(workdir, cfg):
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
     n_tasks = len(cfg["runs"]["demo"]["eval"])
     # what follows a new head: scoring (not the evaluation sets' backbone features), summary, report

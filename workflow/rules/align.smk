@@ -7,20 +7,20 @@ rule align:
     output:
         head=paths.align_head("{run}"),
         config=paths.align_config("{run}"),
-    params:
-        settings=align_settings,
-        meta=run_meta,
-    resources:
-        gpu=run_gpus,
-        # intervals only (not results): resources, so that changing them reruns nothing
-        log_every=align_runtime("log_every"),
-        checkpoint_every=align_runtime("checkpoint_every"),
     log:
         "logs/{run}/align.log",
     benchmark:
         "logs/benchmark/{run}/align.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=run_gpus,
+        # intervals only (not results): resources, so that changing them reruns nothing
+        log_every=align_runtime("log_every"),
+        checkpoint_every=align_runtime("checkpoint_every"),
+    params:
+        settings=align_settings,
+        meta=run_meta,
     script:
         "../scripts/align.py"
 
@@ -30,16 +30,16 @@ rule probe:
         unpack(probe_inputs),
     output:
         paths.probe("{dataset}", "{vision}", "{text}"),
-    params:
-        settings=probe_settings,
-        meta=probe_meta,
-    resources:
-        gpu=1,
-        log_every=10,
-        checkpoint_every=1000,
     log:
         "logs/probe/{dataset}/{vision}__{text}.log",
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=1,
+        log_every=10,
+        checkpoint_every=1000,
+    params:
+        settings=probe_settings,
+        meta=probe_meta,
     script:
         "../scripts/probe.py"

@@ -5,12 +5,11 @@ from types import SimpleNamespace
 
 from snakemake.utils import validate
 
-from sailflow.backbones.hub import needs_fetch, use_model_cache
-from sailflow.config import export_source
+# The library's torch-free modules: planning never imports torch.
 from sailflow import paths  # one path function per artifact, shared with the library
-from sailflow.config import ALIGN_RUNTIME_KEYS, PARALLELISM_KEYS, check_config, digest, without  # torch-free
-from sailflow.evaluate.kinds import check_task, kind_of  # torch-free
-
+from sailflow.backbones.hub import needs_fetch, use_model_cache
+from sailflow.config import ALIGN_RUNTIME_KEYS, PARALLELISM_KEYS, check_config, digest, export_source, without
+from sailflow.evaluate.kinds import check_task, kind_of
 
 # Every error with its key path first (Snakemake's own message prints the whole schema), then
 # Snakemake fills in the defaults.
@@ -65,8 +64,6 @@ def caption_sources(dataset):
 def section_options(section, dataset):
     """Global config section merged with the dataset's own overrides."""
     return {**config[section], **DATASETS[dataset].get(section, {})}
-
-
 
 
 # The download's success-rate gate decides whether a job passes, not what it downloads: it goes to
@@ -180,11 +177,7 @@ def image_embedding_paths(dataset, vision):
 
 
 def text_embedding_paths(dataset, text, sources=None):
-    return [
-        paths.text_embeddings(dataset, text, s, c)
-        for s in (sources or caption_sources(dataset))
-        for c in chunks_of(dataset)
-    ]
+    return [paths.text_embeddings(dataset, text, s, c) for s in (sources or caption_sources(dataset)) for c in chunks_of(dataset)]
 
 
 # ---- runs (alignment and later stages) --------------------------------------------------------
@@ -254,8 +247,14 @@ def run_gpus(wildcards):
 
 def run_meta(wildcards):
     r = RUNS[wildcards.run]
-    return {"run": wildcards.run, "vision": r["vision"], "text": r["text"], "data": r["data"],
-            "vision_backbone": backbone_entry(r["vision"]), "text_backbone": backbone_entry(r["text"])}
+    return {
+        "run": wildcards.run,
+        "vision": r["vision"],
+        "text": r["text"],
+        "data": r["data"],
+        "vision_backbone": backbone_entry(r["vision"]),
+        "text_backbone": backbone_entry(r["text"]),
+    }
 
 
 def probe_settings(wildcards):
@@ -273,8 +272,12 @@ def probe_inputs(wildcards):
 
 
 def probe_meta(wildcards):
-    return {"dataset": wildcards.dataset, "vision": wildcards.vision, "text": wildcards.text,
-            "caption_source": config["probe"]["caption_source"]}
+    return {
+        "dataset": wildcards.dataset,
+        "vision": wildcards.vision,
+        "text": wildcards.text,
+        "caption_source": config["probe"]["caption_source"],
+    }
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -352,16 +355,25 @@ def run_manifests(wildcards):
 def dataset_settings(dataset):
     """What decides a dataset's samples: its table, download and filter options (not parallelism)."""
     w = SimpleNamespace(dataset=dataset)
-    return {"source": DATASETS[dataset].get("source") or DATASETS[dataset].get("source_url"), "table": table_options(w),
-            "download": download_options(w), "filter": image_limits(w), "n_chunks": DATASETS[dataset]["n_chunks"]}
+    return {
+        "source": DATASETS[dataset].get("source") or DATASETS[dataset].get("source_url"),
+        "table": table_options(w),
+        "download": download_options(w),
+        "filter": image_limits(w),
+        "n_chunks": DATASETS[dataset]["n_chunks"],
+    }
 
 
 def run_fingerprint(wildcards):
     """Everything that decides a run's numbers: backbones, data, alignment settings, tasks."""
     r = RUNS[wildcards.run]
-    cfg = {**run_meta(wildcards), "align": align_settings(wildcards), "eval": {t: EVAL_TASKS[t] for t in r["eval"]},
-           "eval_settings": config["eval"],
-           "datasets": {d["dataset"]: dataset_settings(d["dataset"]) for d in r["data"]}}
+    cfg = {
+        **run_meta(wildcards),
+        "align": align_settings(wildcards),
+        "eval": {t: EVAL_TASKS[t] for t in r["eval"]},
+        "eval_settings": config["eval"],
+        "datasets": {d["dataset"]: dataset_settings(d["dataset"]) for d in r["data"]},
+    }
     return digest(cfg)
 
 
@@ -371,12 +383,18 @@ def report_targets():
     for run in runs:
         if run not in RUNS:
             raise ValueError(f"report.runs: unknown run {run!r}")
-    per_kind = {"zeroshot": ["confusion_{}.svg"], "retrieval": ["retrieval_{}.png", "misses_{}.png"],
-                "winoground": ["pairs_{}.png"], "mmvp": ["pairs_{}.png"]}  # rules in report.smk
+    per_kind = {
+        "zeroshot": ["confusion_{}.svg"],
+        "retrieval": ["retrieval_{}.png", "misses_{}.png"],
+        "winoground": ["pairs_{}.png"],
+        "mmvp": ["pairs_{}.png"],
+    }  # rules in report.smk
     out = [paths.report_metrics()] if runs else []
     for run in runs:
         out += [paths.report_file(run, name) for name in ("summary.html", "training.svg", "data.html")]
-        out += [paths.report_file(run, name.format(t)) for t in RUNS[run]["eval"] for name in per_kind.get(EVAL_TASKS[t]["kind"], [])]
+        out += [
+            paths.report_file(run, name.format(t)) for t in RUNS[run]["eval"] for name in per_kind.get(EVAL_TASKS[t]["kind"], [])
+        ]
     return out
 
 
@@ -402,7 +420,9 @@ def _check_llava(name):
         raise ValueError(f"llava_runs.{name}.tower.backbone: {t['backbone']!r} is not a vision backbone under `backbones:`")
     for stage in LLAVA_STAGES:
         if not r[stage].get("data"):
-            raise ValueError(f"llava_runs.{name}.{stage}.data: give the stage's data ({{json, images}} or {{dataset, caption_source}})")
+            raise ValueError(
+                f"llava_runs.{name}.{stage}.data: give the stage's data ({{json, images}} or {{dataset, caption_source}})"
+            )
         for d in r[stage]["data"]:
             if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
                 raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
@@ -424,8 +444,13 @@ def llava_tower(run):
     t = LLAVA_RUNS[run]["tower"]
     if "align_run" in t:
         vision = RUNS[t["align_run"]]["vision"]
-        return {"kind": "sail", "name": vision, "backbone": backbone_entry(vision), "align_dir": paths.align_dir(t["align_run"]),
-                "align_run": t["align_run"]}
+        return {
+            "kind": "sail",
+            "name": vision,
+            "backbone": backbone_entry(vision),
+            "align_dir": paths.align_dir(t["align_run"]),
+            "align_run": t["align_run"],
+        }
     b = backbone_entry(t["backbone"])
     spec = {"kind": b["family"], "name": t["backbone"], "backbone": b}
     if b["family"] in ("clip", "open_clip"):
@@ -448,8 +473,14 @@ def llava_data(run, stage):
             out.append({"json": d["json"], "images": d.get("images", str(Path(d["json"]).parent))})
         else:
             ds = d["dataset"]
-            out.append({"dataset": ds, "caption_source": d["caption_source"], "samples": chunk_paths(ds, "samples.parquet"),
-                        "images_dirs": [str(Path(p).parent / "images") for p in chunk_paths(ds, "samples.parquet")]})
+            out.append(
+                {
+                    "dataset": ds,
+                    "caption_source": d["caption_source"],
+                    "samples": chunk_paths(ds, "samples.parquet"),
+                    "images_dirs": [str(Path(p).parent / "images") for p in chunk_paths(ds, "samples.parquet")],
+                }
+            )
     return out
 
 
@@ -460,10 +491,18 @@ def llava_args(stage):
         r = LLAVA_RUNS[wildcards.run]
         s = llava_settings(wildcards.run, stage)
         llm = {"name": r["llm"], **LLMS[r["llm"]]}
-        return {"stage": stage, "tower": llava_tower(wildcards.run), "image_aspect_ratio": s.pop("image_aspect_ratio"),
-                "connector": llava_connector(wildcards.run), "llm": llm, "template": s.pop("template"),
-                "data": llava_data(wildcards.run, stage), "on_bad_record": r["on_bad_record"], "settings": s,
-                "previous": paths.llava_dir(wildcards.run, "pretrain") if stage == "finetune" else None}
+        return {
+            "stage": stage,
+            "tower": llava_tower(wildcards.run),
+            "image_aspect_ratio": s.pop("image_aspect_ratio"),
+            "connector": llava_connector(wildcards.run),
+            "llm": llm,
+            "template": s.pop("template"),
+            "data": llava_data(wildcards.run, stage),
+            "on_bad_record": r["on_bad_record"],
+            "settings": s,
+            "previous": paths.llava_dir(wildcards.run, "pretrain") if stage == "finetune" else None,
+        }
 
     return args
 
@@ -506,8 +545,9 @@ def llava_exportable(run):
     from sailflow.llava.export import exportable  # torch-free check of the parts
 
     r, tower = LLAVA_RUNS[run], llava_tower(run)
-    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(llava_settings(run, "finetune").get("lora")),
-                                      tower.get("layer"))
+    return r["export"] and exportable(
+        tower["kind"], llava_connector(run)["kind"], bool(llava_settings(run, "finetune").get("lora")), tower.get("layer")
+    )
 
 
 def llava_targets(run):

@@ -5,13 +5,13 @@
 rule fetch_source:
     output:
         "resources/sources/{dataset}/{filename}",
-    params:
-        url=source_url,
-    localrule: True  # a download: the login node has the internet that compute nodes often lack
     log:
         "logs/data/{dataset}/fetch_{filename}.log",
+    localrule: True  # a download: the login node has the internet that compute nodes often lack
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        url=source_url,
     script:
         "../scripts/fetch_source.py"
 
@@ -22,12 +22,12 @@ rule normalize_urls:
     output:
         urls=paths.urls("{dataset}"),
         report=paths.urls_report("{dataset}"),
-    params:
-        table=table_options,
     log:
         "logs/data/{dataset}/normalize.log",
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        table=table_options,
     script:
         "../scripts/normalize_urls.py"
 
@@ -42,13 +42,13 @@ for _ds in DATASETS:
             paths.urls(_ds),
         output:
             chunk_paths(_ds, "urls.parquet"),
-        params:
-            n_chunks=DATASETS[_ds]["n_chunks"],  # a new chunk count must re-split
-        localrule: True  # streams the table into chunks, batch by batch: little memory, no cluster job
         log:
             f"logs/data/{_ds}/split.log",
+        localrule: True  # streams the table into chunks, batch by batch: little memory, no cluster job
         conda:
             "../../envs/sailflow.yaml"
+        params:
+            n_chunks=DATASETS[_ds]["n_chunks"],  # a new chunk count must re-split
         script:
             "../scripts/split_urls.py"
 
@@ -64,15 +64,15 @@ for _ds in DATASETS:
         output:
             samples=chunk_paths(_ds, "samples.parquet"),
             manifest=paths.manifest(_ds),
-        params:
-            dataset=_ds,
-            chunks=chunks_of(_ds),
-            caption_sources=caption_sources(_ds),
         # not a localrule: rewrites every chunk's table and holds every image hash of the dataset (GBs at 15M)
         log:
             f"logs/data/{_ds}/cleanup.log",
         conda:
             "../../envs/sailflow.yaml"
+        params:
+            dataset=_ds,
+            chunks=chunks_of(_ds),
+            caption_sources=caption_sources(_ds),
         script:
             "../scripts/cleanup_dataset.py"
 
@@ -82,21 +82,21 @@ rule download_chunk:
         paths.chunk_file("{dataset}", "{chunk}", "urls.parquet"),
     output:
         paths.chunk_file("{dataset}", "{chunk}", "download.json"),
-    params:
-        options=download_options,
-        limits=download_limits,
-    threads: download_processes
-    resources:
-        download_threads=download_threads_per_process,
-        # the success-rate gate: a resource (a string, kept exact), not a param, so that changing
-        # it reruns no chunk that already passed, and nothing downstream
-        min_success_rate=download_min_success_rate,
     log:
         "logs/data/{dataset}/download/{chunk}.log",
     benchmark:
         "logs/benchmark/data/{dataset}/download/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    threads: download_processes
+    resources:
+        download_threads=download_threads_per_process,
+        # the success-rate gate: a resource (a string, kept exact), not a param, so that changing
+        # it reruns no chunk that already passed, and nothing downstream
+        min_success_rate=download_min_success_rate,
+    params:
+        options=download_options,
+        limits=download_limits,
     script:
         "../scripts/download_chunk.py"
 
@@ -107,12 +107,12 @@ rule filter_chunk:
     output:
         filtered=paths.chunk_file("{dataset}", "{chunk}", "filtered.parquet"),
         report=paths.chunk_file("{dataset}", "{chunk}", "filter.json"),
-    params:
-        limits=image_limits,
-    threads: filter_processes
     log:
         "logs/data/{dataset}/filter/{chunk}.log",
     conda:
         "../../envs/sailflow.yaml"
+    threads: filter_processes
+    params:
+        limits=image_limits,
     script:
         "../scripts/filter_chunk.py"

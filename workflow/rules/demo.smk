@@ -8,13 +8,13 @@ rule demo_shapes:
         heldout="results/demo/shapes/eval.csv",
         heldout_meta="results/demo/shapes/eval.meta.parquet",
         train_meta="results/demo/shapes/train.meta.parquet",
-    params:
-        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llm_pretrain_steps")},
-    localrule: True  # draws the demo's small images: under a minute
     log:
         "logs/demo/shapes.log",
+    localrule: True  # draws the demo's small images: under a minute
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llm_pretrain_steps")},
     script:
         "../scripts/demo_shapes.py"
 
@@ -32,12 +32,12 @@ rule demo_eval_sets:
         winoground_images=directory("results/demo/evalsets/winoground/images"),
         mmvp_questions="results/demo/evalsets/mmvp/Questions.csv",
         mmvp_images=directory("results/demo/evalsets/mmvp/MLLM_VLM Images"),
-    params:
-        cfg={k: v for k, v in config["demo"].items() if k != "llm_pretrain_steps"},
-    localrule: True  # draws the demo's few hundred evaluation images: seconds
     log:
         "logs/demo/evalsets.log",
+    localrule: True  # draws the demo's few hundred evaluation images: seconds
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        cfg={k: v for k, v in config["demo"].items() if k != "llm_pretrain_steps"},
     script:
         "../scripts/demo_eval_sets.py"

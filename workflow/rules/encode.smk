@@ -8,19 +8,19 @@ rule encode_images:
         model=backbone_model_input("vision"),
     output:
         paths.image_embeddings("{dataset}", "{vision}", "{chunk}"),
-    params:
-        backbone=backbone_spec("vision"),
-        dtype=config["encode"]["dtype"],
-    threads: config["encode"]["workers"]
-    resources:
-        gpu=1,
-        batch_size=encode_batch_size("vision"),
     log:
         "logs/encode/{dataset}/image/{vision}/{chunk}.log",
     benchmark:
         "logs/benchmark/encode/{dataset}/image/{vision}/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    threads: config["encode"]["workers"]
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("vision"),
+    params:
+        backbone=backbone_spec("vision"),
+        dtype=config["encode"]["dtype"],
     script:
         "../scripts/encode_images.py"
 
@@ -31,18 +31,18 @@ rule encode_texts:
         model=backbone_model_input("text"),
     output:
         paths.text_embeddings("{dataset}", "{text}", "{caption_source}", "{chunk}"),
-    params:
-        backbone=backbone_spec("text"),
-        dtype=config["encode"]["dtype"],
-    resources:
-        gpu=1,
-        batch_size=encode_batch_size("text"),
     log:
         "logs/encode/{dataset}/text/{text}/{caption_source}/{chunk}.log",
     benchmark:
         "logs/benchmark/encode/{dataset}/text/{text}/{caption_source}/{chunk}.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("text"),
+    params:
+        backbone=backbone_spec("text"),
+        dtype=config["encode"]["dtype"],
     script:
         "../scripts/encode_texts.py"
 
@@ -54,12 +54,12 @@ rule check_embeddings:
         text=lambda w: text_embedding_paths(w.dataset, w.text),
     output:
         paths.embeddings_check("{dataset}", "{vision}", "{text}"),
-    params:
-        caption_sources=lambda w: caption_sources(w.dataset),
-    localrule: True  # reads file headers and sample ids, not the embeddings
     log:
         "logs/encode/{dataset}/check_{vision}__{text}.log",
+    localrule: True  # reads file headers and sample ids, not the embeddings
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        caption_sources=lambda w: caption_sources(w.dataset),
     script:
         "../scripts/check_embeddings.py"

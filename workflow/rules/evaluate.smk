@@ -8,20 +8,20 @@ rule eval_image_features:
         model=backbone_model_input("vision"),
     output:
         paths.eval_image_features("{task}", "{vision}"),
-    params:
-        task=eval_task_image_spec,
-        backbone=backbone_spec("vision"),
-        dtype=config["encode"]["dtype"],
-    threads: config["encode"]["workers"]
-    resources:
-        gpu=1,
-        batch_size=encode_batch_size("vision"),
     log:
         "logs/eval/{task}/image/{vision}.log",
     benchmark:
         "logs/benchmark/eval/{task}/image/{vision}.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    threads: config["encode"]["workers"]
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("vision"),
+    params:
+        task=eval_task_image_spec,
+        backbone=backbone_spec("vision"),
+        dtype=config["encode"]["dtype"],
     script:
         "../scripts/eval_features.py"
 
@@ -32,19 +32,19 @@ rule eval_text_features:
         model=backbone_model_input("text"),
     output:
         paths.eval_text_features("{task}", "{text}"),
-    params:
-        task=eval_task_spec,
-        backbone=backbone_spec("text"),
-        dtype=config["encode"]["dtype"],
-    resources:
-        gpu=1,
-        batch_size=encode_batch_size("text"),
     log:
         "logs/eval/{task}/text/{text}.log",
     benchmark:
         "logs/benchmark/eval/{task}/text/{text}.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=encode_batch_size("text"),
+    params:
+        task=eval_task_spec,
+        backbone=backbone_spec("text"),
+        dtype=config["encode"]["dtype"],
     script:
         "../scripts/eval_features.py"
 
@@ -57,15 +57,15 @@ rule evaluate:
         data=eval_data_inputs,
     output:
         paths.eval_result("{run}", "{task}"),
-    params:
-        task=eval_task_spec,
-        settings=eval_settings,
-    resources:
-        gpu=1,
     log:
         "logs/{run}/eval/{task}.log",
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        task=eval_task_spec,
+        settings=eval_settings,
     script:
         "../scripts/evaluate.py"
 
@@ -77,12 +77,12 @@ rule eval_summary:
         manifests=run_manifests,
     output:
         paths.eval_summary("{run}"),
-    params:
-        fingerprint=run_fingerprint,
-    localrule: True  # merges small JSON files
     log:
         "logs/{run}/eval_summary.log",
+    localrule: True  # merges small JSON files
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        fingerprint=run_fingerprint,
     script:
         "../scripts/eval_summary.py"

@@ -7,14 +7,14 @@ rule build_tiny_llm:
         texts=lambda w: tiny_llm_texts(w.llm),
     output:
         directory(paths.tiny_model("{llm}")),
-    params:
-        kind=lambda w: LLMS[w.llm]["build"],
-        steps=config["demo"]["llm_pretrain_steps"],
-    threads: 1  # tiny matrices: one thread is as fast, and stays fast beside other jobs
     log:
         "logs/models/{llm}.log",
     conda:
         "../../envs/sailflow.yaml"
+    threads: 1  # tiny matrices: one thread is as fast, and stays fast beside other jobs
+    params:
+        kind=lambda w: LLMS[w.llm]["build"],
+        steps=config["demo"]["llm_pretrain_steps"],
     script:
         "../scripts/build_tiny_llm.py"
 
@@ -24,12 +24,12 @@ rule llava_demo_data:
         meta="results/demo/shapes/train.meta.parquet",
     output:
         paths.llava_demo_instructions(),
-    params:
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/llava_instructions.log",
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        seed=config["demo"]["seed"],
     script:
         "../scripts/llava_demo_data.py"
 
@@ -40,19 +40,19 @@ rule llava_pretrain:
     output:
         manifest=paths.llava_manifest("{run}", "pretrain"),
         connector=paths.llava_connector("{run}", "pretrain"),
-    params:
-        args=llava_args("pretrain"),
-    resources:
-        gpu=llava_gpus,
-        # intervals only (not results): resources, so that changing them reruns nothing
-        checkpoint_every=llava_runtime("checkpoint_every"),
-        log_every=llava_runtime("log_every"),
     log:
         "logs/{run}/llava_pretrain.log",
     benchmark:
         "logs/benchmark/{run}/llava_pretrain.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=llava_gpus,
+        # intervals only (not results): resources, so that changing them reruns nothing
+        checkpoint_every=llava_runtime("checkpoint_every"),
+        log_every=llava_runtime("log_every"),
+    params:
+        args=llava_args("pretrain"),
     script:
         "../scripts/llava_stage.py"
 
@@ -63,18 +63,18 @@ rule llava_finetune:
     output:
         manifest=paths.llava_manifest("{run}", "finetune"),
         connector=paths.llava_connector("{run}", "finetune"),
-    params:
-        args=llava_args("finetune"),
-    resources:
-        gpu=llava_gpus,
-        checkpoint_every=llava_runtime("checkpoint_every"),
-        log_every=llava_runtime("log_every"),
     log:
         "logs/{run}/llava_finetune.log",
     benchmark:
         "logs/benchmark/{run}/llava_finetune.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    resources:
+        gpu=llava_gpus,
+        checkpoint_every=llava_runtime("checkpoint_every"),
+        log_every=llava_runtime("log_every"),
+    params:
+        args=llava_args("finetune"),
     script:
         "../scripts/llava_stage.py"
 

@@ -5,13 +5,13 @@
 rule build_tiny_backbone:
     output:
         directory(paths.tiny_model("{backbone}")),
-    params:
-        kind=tiny_kind,
-    localrule: True  # a tiny random model saved in seconds
     log:
         "logs/models/{backbone}.log",
+    localrule: True  # a tiny random model saved in seconds
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        kind=tiny_kind,
     script:
         "../scripts/build_tiny_backbone.py"
 
@@ -19,12 +19,12 @@ rule build_tiny_backbone:
 rule fetch_model:
     output:
         paths.model_record("{model}"),
-    params:
-        backbone=lambda w: backbone_entry(w.model),
-    localrule: True  # where Snakemake runs (the login node): compute nodes often have no internet
     log:
         "logs/models/fetch_{model}.log",
+    localrule: True  # where Snakemake runs (the login node): compute nodes often have no internet
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        backbone=lambda w: backbone_entry(w.model),
     script:
         "../scripts/fetch_model.py"

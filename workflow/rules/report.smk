@@ -13,10 +13,12 @@ rule report_summary:
         summary=paths.eval_summary("{run}"),
         manifests=run_manifests,
     output:
-        report(paths.report_file("{run}", "summary.html"), caption="../report/summary.rst", category="Summary", subcategory="{run}"),
-    localrule: True
+        report(
+            paths.report_file("{run}", "summary.html"), caption="../report/summary.rst", category="Summary", subcategory="{run}"
+        ),
     log:
         "logs/{run}/report_summary.log",
+    localrule: True
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -28,9 +30,9 @@ rule report_metrics:
         [paths.eval_summary(run) for run in config["report"]["runs"]],
     output:
         report(paths.report_metrics(), caption="../report/metrics.rst", category="Metrics"),
-    localrule: True
     log:
         "logs/report_metrics.log",
+    localrule: True
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -42,9 +44,9 @@ rule report_data:
         run_manifests,
     output:
         report(paths.report_file("{run}", "data.html"), caption="../report/data.rst", category="Data", subcategory="{run}"),
-    localrule: True
     log:
         "logs/{run}/report_data.log",
+    localrule: True
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -55,10 +57,15 @@ rule report_training:
     input:
         paths.align_config("{run}"),  # train_log.jsonl beside it is complete once this exists
     output:
-        report(paths.report_file("{run}", "training.svg"), caption="../report/training.rst", category="Training", subcategory="{run}"),
-    localrule: True  # a small figure from a JSON file: not worth a cluster job
+        report(
+            paths.report_file("{run}", "training.svg"),
+            caption="../report/training.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
     log:
         "logs/{run}/report_training.log",
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -69,11 +76,15 @@ rule report_zeroshot:
     input:
         paths.eval_result("{run}", "{task}"),
     output:
-        report(paths.report_file("{run}", "confusion_{task}.svg"), caption="../report/zeroshot.rst", category="Zero-shot classification",
-               subcategory="{run}"),
-    localrule: True  # a small figure from a JSON file: not worth a cluster job
+        report(
+            paths.report_file("{run}", "confusion_{task}.svg"),
+            caption="../report/zeroshot.rst",
+            category="Zero-shot classification",
+            subcategory="{run}",
+        ),
     log:
         "logs/{run}/report_zeroshot_{task}.log",
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -84,13 +95,21 @@ rule report_retrieval:
     input:
         paths.eval_result("{run}", "{task}"),
     output:
-        examples=report(paths.report_file("{run}", "retrieval_{task}.png"), caption="../report/retrieval.rst", category="Retrieval",
-                        subcategory="{run}"),
-        misses=report(paths.report_file("{run}", "misses_{task}.png"), caption="../report/misses.rst", category="Retrieval",
-                      subcategory="{run}"),
-    localrule: True  # a small figure from a JSON file: not worth a cluster job
+        examples=report(
+            paths.report_file("{run}", "retrieval_{task}.png"),
+            caption="../report/retrieval.rst",
+            category="Retrieval",
+            subcategory="{run}",
+        ),
+        misses=report(
+            paths.report_file("{run}", "misses_{task}.png"),
+            caption="../report/misses.rst",
+            category="Retrieval",
+            subcategory="{run}",
+        ),
     log:
         "logs/{run}/report_retrieval_{task}.log",
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     conda:
         "../../envs/sailflow.yaml"
     script:
@@ -101,14 +120,18 @@ rule report_pairs:
     input:
         paths.eval_result("{run}", "{task}"),
     output:
-        report(paths.report_file("{run}", "pairs_{task}.png"), caption="../report/pairs.rst", category="Winoground and MMVP",
-               subcategory="{run}"),
-    params:
-        kind=lambda wildcards: EVAL_TASKS[wildcards.task]["kind"],
-    localrule: True  # a small figure from a JSON file: not worth a cluster job
+        report(
+            paths.report_file("{run}", "pairs_{task}.png"),
+            caption="../report/pairs.rst",
+            category="Winoground and MMVP",
+            subcategory="{run}",
+        ),
     log:
         "logs/{run}/report_pairs_{task}.log",
+    localrule: True  # a small figure from a JSON file: not worth a cluster job
     conda:
         "../../envs/sailflow.yaml"
+    params:
+        kind=lambda wildcards: EVAL_TASKS[wildcards.task]["kind"],
     script:
         "../scripts/report_pairs.py"
