@@ -52,7 +52,7 @@ def test_demo_dry_run_is_complete(workdir):
         "encode_texts": n * n_sources, "align": 1, "demo_eval_sets": 1, "eval_image_features": n_tasks,
         "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
         "report_retrieval": 1, "report_metrics": 1, "report_summary": 1, "report_zeroshot": 2, "report_pairs": 2,
-        "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "all": 1,
+        "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1, "all": 1,
     }
 
 
@@ -126,7 +126,8 @@ def test_demo_chain_writes_eval_json_and_a_report(demo, monkeypatch):
     snakemake(workdir, "--report", "report.html")
     page = (workdir / "report.html").read_text()
     for needle in ("summary.html", "training.svg", "metrics.html", "data.html", "retrieval_demo_retrieval.png", "misses_demo_retrieval.png",
-                   "confusion_demo_shape.svg", "confusion_demo_colour.svg", "pairs_demo_winoground.png", "pairs_demo_mmvp.png"):
+                   "confusion_demo_shape.svg", "confusion_demo_colour.svg", "pairs_demo_winoground.png", "pairs_demo_mmvp.png",
+                   "llava_training.svg"):
         assert needle in page
     metrics = (workdir / "results/report/metrics.html").read_text()
     assert all(t in metrics for t in tasks) and "image_retrieval_recall@1" in metrics and "chance" in metrics
@@ -165,7 +166,7 @@ def _rerun_scopes(workdir, cfg):
     # what follows a new head: scoring (not the evaluation sets' backbone features), summary, report
     after_head = {"evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_retrieval": 1, "report_metrics": 1,
                   "report_zeroshot": 2, "report_pairs": 2, "report_summary": 1, "all": 1}
-    after_llava_head = {**after_head, "llava_pretrain": 1, "llava_finetune": 1}  # the demo LLaVA run's tower is this head
+    after_llava_head = {**after_head, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1}  # the demo LLaVA run's tower is this head
 
     # an alignment setting: the alignment and what follows it, not encoding
     cfg["runs"]["demo"]["align"]["lr"] = 5e-4
@@ -209,11 +210,11 @@ def _rerun_scopes(workdir, cfg):
     cfg["datasets"]["shapes"]["filter"]["min_side"] = 32
     cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "report_llava_training": 1, "all": 1}
     cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = repo_config()["llava_runs"]["llava_demo"]["finetune"]["lr"]
     cfg["llava_runs"]["llava_demo"]["pretrain"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1, "all": 1}
     cfg["llava_runs"]["llava_demo"]["pretrain"].pop("lr")
     cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
     write_config(workdir, cfg)

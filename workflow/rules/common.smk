@@ -379,10 +379,11 @@ def run_fingerprint(wildcards):
 
 def report_targets():
     """What `snakemake --report` shows, for the runs listed under `report: runs:`."""
-    runs = config["report"]["runs"]
+    llava = [r for r in config["report"]["runs"] if r in LLAVA_RUNS]
+    runs = [r for r in config["report"]["runs"] if r not in LLAVA_RUNS]
     for run in runs:
         if run not in RUNS:
-            raise ValueError(f"report.runs: unknown run {run!r}")
+            raise ValueError(f"report.runs: unknown run {run!r} (neither under runs: nor under llava_runs:)")
     per_kind = {
         "zeroshot": ["confusion_{}.svg"],
         "retrieval": ["retrieval_{}.png", "misses_{}.png"],
@@ -395,6 +396,7 @@ def report_targets():
         out += [
             paths.report_file(run, name.format(t)) for t in RUNS[run]["eval"] for name in per_kind.get(EVAL_TASKS[t]["kind"], [])
         ]
+    out += [paths.report_file(run, "llava_training.svg") for run in llava]  # LLaVA runs: their two stages' curves
     return out
 
 

@@ -27,7 +27,7 @@ rule report_summary:
 
 rule report_metrics:
     input:
-        [paths.eval_summary(run) for run in config["report"]["runs"]],
+        [paths.eval_summary(run) for run in config["report"]["runs"] if run in RUNS],  # SAIL runs (LLaVA runs: their curves)
     output:
         report(paths.report_metrics(), caption="../report/metrics.rst", category="Metrics"),
     log:
@@ -135,3 +135,23 @@ rule report_pairs:
         kind=lambda wildcards: EVAL_TASKS[wildcards.task]["kind"],
     script:
         "../scripts/report_pairs.py"
+
+
+rule report_llava_training:
+    input:
+        pretrain=paths.llava_manifest("{run}", "pretrain"),  # train_log.jsonl beside each is complete once these exist
+        finetune=paths.llava_manifest("{run}", "finetune"),
+    output:
+        report(
+            paths.report_file("{run}", "llava_training.svg"),
+            caption="../report/llava_training.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/{run}/report_llava_training.log",
+    localrule: True  # a small figure from two JSON-lines files
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/report_llava_training.py"

@@ -7,6 +7,7 @@ from sailflow.report.figures import (
     confusion_dense,
     pair_grid,
     plot_confusion,
+    plot_llava_training,
     plot_training,
     read_task_result,
     read_train_log,
@@ -18,6 +19,6 @@ from sailflow.report.tables import data_html, funnel, funnel_table, metric_rows,
 
 __all__ = [
     "confusion_dense", "data_html", "funnel", "funnel_table", "metric_rows", "metrics_html", "pair_grid",
-    "plot_confusion", "plot_training", "read_task_result", "read_train_log", "ReportError", "retrieval_grid",
+    "plot_confusion", "plot_llava_training", "plot_training", "read_task_result", "read_train_log", "ReportError", "retrieval_grid",
     "retrieval_misses", "settings_rows", "summary_html", "top_confusions",
 ]

@@ -104,6 +104,27 @@ def plot_training(train_log: str | Path, out: str | Path, title: str) -> None:
     _save(fig, out, "svg")
 
 
+def plot_llava_training(train_logs: dict[str, str | Path], out: str | Path, title: str) -> None:
+    """A LLaVA run's stages side by side, as SVG: loss (per logging step), learning rate and gradient
+    norm against the optimiser step of each stage (``train_log.jsonl`` of pretrain and finetune)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, len(train_logs), figsize=(4.5 * len(train_logs), 6), sharex="col", squeeze=False)
+    for col, (stage, path) in enumerate(train_logs.items()):
+        rows = read_train_log(path)
+        steps = [r["step"] for r in rows]
+        for row, (key, label, color) in enumerate([("loss", "loss", "tab:blue"), ("lr", "learning rate", "tab:gray"),
+                                                   ("grad_norm", "gradient norm", "tab:red")]):
+            ax = axes[row][col]
+            ax.plot(steps, [r.get(key, math.nan) for r in rows], color=color, marker="." if len(rows) < 30 else None)
+            ax.set_title(f"{stage}: {label}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+        axes[-1][col].set_xlabel("optimiser step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out, "svg")
+
+
 # ---- zero-shot classification --------------------------------------------------------------------
 def confusion_dense(confusion: dict) -> list[list[int]]:
     """``[C, C]`` counts (row: true class, column: predicted) from a zeroshot result's ``confusion``
