@@ -36,6 +36,16 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     return p
 
 
+def fake_commands(folder: Path, scripts: dict[str, str]) -> Path:
+    """Executable bash scripts ``{name: body}`` in ``folder`` (put it first on PATH): stand-ins for
+    cluster commands such as sbatch, recording what they were called with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
 def repo_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 

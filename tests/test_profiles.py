@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, repo_config, write_config
+from conftest import REPO, fake_commands, repo_config, write_config
 
 FAKE = {
     "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"; echo 4242',
@@ -20,11 +20,7 @@ FAKE = {
 
 
 def test_slurm_profile_submits_gpu_encode_job(workdir, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in FAKE.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = fake_commands(tmp_path / "bin", FAKE)
     log = tmp_path / "sbatch.log"
     write_config(workdir, repo_config())
     (workdir / "results/data/shapes/chunks/0000").mkdir(parents=True)

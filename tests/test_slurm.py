@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, repo_config, write_config
+from conftest import REPO, fake_commands, repo_config, write_config
 
 MODE = os.environ.get("SAILFLOW_TEST_SLURM", "")
 HOW = ("SAILFLOW_TEST_SLURM=install make test installs Debian's Slurm packages (apt-get, as root) and runs it; "
@@ -467,11 +467,7 @@ FAKE_SLURM = {
 def test_sail_l_alignment_asks_slurm_for_one_node_with_8_gpus(workdir, tmp_path):
     """The real config's sail_l_nv2 run (gpus: 8) through the profile and the plugin's own sbatch builder:
     a fake sbatch records what the plugin submits."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in FAKE_SLURM.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = fake_commands(tmp_path / "bin", FAKE_SLURM)
     sbatch_log = tmp_path / "sbatch.log"
     env = user_env(FAKE_SBATCH_LOG=str(sbatch_log))
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
