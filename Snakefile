@@ -19,6 +19,7 @@ include: "workflow/rules/encode.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/llava.smk"
+include: "workflow/rules/llava_eval.smk"
 include: "workflow/rules/report.smk"
 
 

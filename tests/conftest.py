@@ -92,3 +92,38 @@ def demo(tmp_path_factory):
     write_config(workdir, cfg)
     snakemake(workdir, "--cores", "2", timeout=3600)
     return workdir, cfg
+
+
+# ---- a tiny trained LLaVA (tests/test_llava_train.py, tests/test_llava_eval.py) ----------------------
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory):
+    """Tiny LLaVA parts (tests/llava_parts.py): a CLIP tower, a LLaMA and its tokenizer, coloured squares."""
+    from llava_parts import build_parts
+
+    return build_parts(tmp_path_factory.mktemp("llava_parts"))
+
+
+@pytest.fixture(scope="session")
+def stage1(parts, tmp_path_factory):
+    """Stage 1 trained on the parts' captions."""
+    from llava_parts import stage_args
+    from sailflow.llava.train import train_stage
+
+    out = tmp_path_factory.mktemp("stage1") / "pretrain"
+    train_stage(stage_args(parts, "pretrain", out, epochs=2), log=open(os.devnull, "w"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def stage2(parts, stage1, tmp_path_factory):
+    """Stage 2 trained on the parts' records after stage 1."""
+    from llava_parts import stage_args
+    from sailflow.llava.train import train_stage
+
+    out = tmp_path_factory.mktemp("stage2") / "finetune"
+    args = stage_args(parts, "finetune", out, epochs=3)
+    args["previous"] = str(stage1)
+    train_stage(args, log=open(os.devnull, "w"))
+    return out

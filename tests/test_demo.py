@@ -33,3 +33,36 @@ def test_chat_names_the_colour_of_held_out_shapes_better_than_chance(demo, monke
     out = subprocess.run([sys.executable, "-m", "sailflow.chat", "results/llava_demo", images[0], short_question("colour")],
                          capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1].strip() == answers[0]
+
+
+def test_llava_demo_benchmarks_score_above_chance(demo):
+    """`make demo` ends with results/llava_demo/llava_eval.json: the demo's VQAv2-, POPE- and MMBench-format
+    sets and its Winoground set scored with VQAScore, each headline metric above its chance level by a
+    margin that a guesser would reach with probability well below 1e-6."""
+    import json
+
+    workdir, cfg = demo
+    summary = json.loads((workdir / "results/llava_demo/llava_eval.json").read_text())
+    sets = cfg["demo"]["llava_eval_sets"]
+    assert list(summary["tasks"]) == cfg["llava_runs"]["llava_demo"]["eval"]
+    assert len(summary["fingerprint"]) == 16 and summary["llava"]["llm"] == "tiny_llama"
+    tasks = summary["tasks"]
+    assert tasks["demo_vqa"]["counts"]["questions"] == sets["vqa"]
+    assert tasks["demo_pope"]["counts"]["questions"] == 2 * sets["pope"]
+    assert tasks["demo_mc"]["counts"] == {"questions": sets["mc"], "rows": 4 * sets["mc"]}  # 4 rotations each
+    for task, metric, n in (("demo_vqa", "accuracy", sets["vqa"]), ("demo_pope", "f1", 2 * sets["pope"]),
+                            ("demo_mc", "circular_accuracy", sets["mc"]), ("demo_vqascore_winoground", "group",
+                                                                           cfg["demo"]["eval_sets"]["winoground_examples"])):
+        value, chance = tasks[task]["metrics"][metric], tasks[task]["chance"][metric]
+        sigma = math.sqrt(max(chance, 0.05) * (1 - chance) / n)
+        assert value > chance + 5 * sigma, (task, metric, value, chance)
+        assert summary["metrics"][f"{task}/{metric}"] == value
+
+    # LLaVA's answers JSONL, in question order, and the files the evaluation servers take
+    lines = [json.loads(x) for x in (workdir / "results/llava_demo/llava_eval/demo_vqa.answers.jsonl").read_text().splitlines()]
+    questions = [json.loads(x) for x in (workdir / cfg["llava_eval_tasks"]["demo_vqa"]["questions"]).read_text().splitlines()]
+    assert [x["question_id"] for x in lines] == [q["question_id"] for q in questions]
+    assert lines[0]["prompt"] == questions[0]["text"] and lines[0]["model_id"] == "llava_demo"
+    upload = json.loads((workdir / "results/llava_demo/llava_eval/demo_vqa/vqav2_upload.json").read_text())
+    assert [u["question_id"] for u in upload] == [q["question_id"] for q in questions]
+    assert (workdir / "results/llava_demo/llava_eval/demo_mc/mmbench_predictions.tsv").exists()

@@ -15,24 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava_parts import build_parts, stage_args
+from llava_parts import stage_args
 from sailflow.llava.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return build_parts(tmp_path_factory.mktemp("llava_parts"))
-
-
-@pytest.fixture(scope="module")
-def stage1(parts, tmp_path_factory):
-    from sailflow.llava.train import train_stage
-
-    out = tmp_path_factory.mktemp("stage1") / "pretrain"
-    train_stage(stage_args(parts, "pretrain", out, epochs=2), log=open(os.devnull, "w"))
-    return out
 
 
 def _model(parts, stage="finetune", previous=None, **settings):
@@ -235,17 +221,6 @@ def test_lora_adapter_saved_and_loaded_gives_identical_logits(parts, stage1, tmp
     with torch.no_grad():
         plain = base(**{k: v for k, v in captured["batch"].items() if k != "labels"}).logits
     assert (plain - logits).abs().max() > 1e-3  # the adapter changed the model: the check above is not vacuous
-
-
-@pytest.fixture(scope="module")
-def stage2(parts, stage1, tmp_path_factory):
-    from sailflow.llava.train import train_stage
-
-    out = tmp_path_factory.mktemp("stage2") / "finetune"
-    args = stage_args(parts, "finetune", out, epochs=3)
-    args["previous"] = str(stage1)
-    train_stage(args, log=open(os.devnull, "w"))
-    return out
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(parts, stage2):

@@ -23,6 +23,12 @@ def _run_caption_sources(cfg: dict) -> set[str]:
     return {d["caption_source"], d["extra_caption_source"]}
 
 
+def _llava_tasks(cfg: dict) -> tuple[int, int]:
+    """The demo LLaVA run's benchmarks: all of them, and those answered by generation (not VQAScore)."""
+    tasks = cfg["llava_runs"]["llava_demo"]["eval"]
+    return len(tasks), sum(cfg["llava_eval_tasks"][t]["kind"] != "vqascore" for t in tasks)
+
+
 def test_lint_has_no_findings():
     proc = snakemake(REPO, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
@@ -46,13 +52,16 @@ def test_demo_dry_run_is_complete(workdir):
     n = cfg["datasets"]["shapes"]["n_chunks"]
     n_sources = len(_run_caption_sources(cfg))
     n_tasks = len(cfg["runs"]["demo"]["eval"])
+    n_llava, n_generated = _llava_tasks(cfg)
     assert jobs == {
         "demo_shapes": 1, "normalize_urls": 1, "split_urls_shapes": 1, "download_chunk": n,
         "filter_chunk": n, "cleanup_shapes": 1, "build_tiny_backbone": 1, "encode_images": n,
         "encode_texts": n * n_sources, "align": 1, "demo_eval_sets": 1, "eval_image_features": n_tasks,
         "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
         "report_retrieval": 1, "report_metrics": 1, "report_summary": 1, "report_zeroshot": 2, "report_pairs": 2,
-        "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1, "all": 1,
+        "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1,
+        "llava_demo_eval_sets": 1, "llava_answers": n_generated, "llava_score": n_llava, "llava_eval_summary": 1,
+        "report_llava_examples": 1, "all": 1,
     }
 
 
@@ -166,7 +175,11 @@ def _rerun_scopes(workdir, cfg):
     # what follows a new head: scoring (not the evaluation sets' backbone features), summary, report
     after_head = {"evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_retrieval": 1, "report_metrics": 1,
                   "report_zeroshot": 2, "report_pairs": 2, "report_summary": 1, "all": 1}
-    after_llava_head = {**after_head, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1}  # the demo LLaVA run's tower is this head
+    n_llava, n_generated = _llava_tasks(cfg)
+    # what follows a new LLaVA stage 2: every benchmark's generation and score, their summary and report
+    after_stage2 = {"llava_answers": n_generated, "llava_score": n_llava, "llava_eval_summary": 1, "report_llava_examples": 1,
+                    "report_metrics": 1, "all": 1}
+    after_llava_head = {**after_head, **after_stage2, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1}  # the demo LLaVA run's tower is this head
 
     # an alignment setting: the alignment and what follows it, not encoding
     cfg["runs"]["demo"]["align"]["lr"] = 5e-4
@@ -210,15 +223,29 @@ def _rerun_scopes(workdir, cfg):
     cfg["datasets"]["shapes"]["filter"]["min_side"] = 32
     cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "report_llava_training": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "report_llava_training": 1, **after_stage2}
     cfg["llava_runs"]["llava_demo"]["finetune"]["lr"] = repo_config()["llava_runs"]["llava_demo"]["finetune"]["lr"]
     cfg["llava_runs"]["llava_demo"]["pretrain"]["lr"] = 5e-4
     write_config(workdir, cfg)
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1, "all": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1,
+                                                              **after_stage2}
     cfg["llava_runs"]["llava_demo"]["pretrain"].pop("lr")
     cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
+    cfg["llava_eval"]["batch_size"] = 5  # generation batch size only (the same answers): nothing
     write_config(workdir, cfg)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+    # a benchmark's response suffix or max_new_tokens: that benchmark's generation and score only (no
+    # other benchmark, no SAIL evaluation)
+    one_benchmark = {"llava_answers": 1, "llava_score": 1, "llava_eval_summary": 1, "report_llava_examples": 1, "report_metrics": 1, "all": 1}
+    cfg["llava_eval_tasks"]["demo_vqa"]["suffix"] = "\nAnswer with one word."
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == one_benchmark
+    cfg["llava_eval_tasks"]["demo_vqa"].pop("suffix")
+    cfg["llava_eval_tasks"]["demo_pope"]["max_new_tokens"] = 8
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == one_benchmark
+    cfg["llava_eval_tasks"]["demo_pope"]["max_new_tokens"] = repo_config()["llava_eval_tasks"]["demo_pope"]["max_new_tokens"]
 
     # parallelism and batch sizes only: nothing reruns
     cfg["datasets"]["shapes"]["filter"].update(min_side=32, processes=2)

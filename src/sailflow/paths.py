@@ -125,3 +125,26 @@ def llava_connector(run: str, stage: str) -> str:
 def llava_demo_instructions() -> str:
     """The demo's stage-2 instruction set (LLaVA JSON), generated from the shapes' ground truth."""
     return f"{RESULTS}/demo/llava/instruct.json"
+
+
+def llava_answers(run: str, task: str) -> str:
+    """LLaVA's answers JSONL of a run on one benchmark (question_id, prompt, text, ...)."""
+    return f"{RESULTS}/{run}/llava_eval/{task}.answers.jsonl"
+
+
+def llava_eval_result(run: str, task: str) -> str:
+    return f"{RESULTS}/{run}/llava_eval/{task}.json"
+
+
+def llava_eval_files(run: str, task: str) -> str:
+    """Upload and prediction files of one benchmark (EvalAI, OpenCompass, the official scorers' inputs)."""
+    return f"{RESULTS}/{run}/llava_eval/{task}"
+
+
+def llava_eval_summary(run: str) -> str:
+    return f"{RESULTS}/{run}/llava_eval.json"
+
+
+def llava_demo_evalsets() -> str:
+    """The demo's LLaVA benchmark sets (vqa/, pope/, mc/), in the real benchmarks' formats."""
+    return f"{RESULTS}/demo/llava/evalsets"

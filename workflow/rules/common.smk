@@ -390,13 +390,15 @@ def report_targets():
         "winoground": ["pairs_{}.png"],
         "mmvp": ["pairs_{}.png"],
     }  # rules in report.smk
-    out = [paths.report_metrics()] if runs else []
+    llava_scored = [r for r in llava if LLAVA_RUNS[r]["eval"]]
+    out = [paths.report_metrics()] if runs or llava_scored else []
     for run in runs:
         out += [paths.report_file(run, name) for name in ("summary.html", "training.svg", "data.html")]
         out += [
             paths.report_file(run, name.format(t)) for t in RUNS[run]["eval"] for name in per_kind.get(EVAL_TASKS[t]["kind"], [])
         ]
     out += [paths.report_file(run, "llava_training.svg") for run in llava]  # LLaVA runs: their two stages' curves
+    out += [paths.report_file(run, "llava_examples.png") for run in llava_scored]  # ... and benchmark answers beside gold
     return out
 
 
@@ -562,3 +564,75 @@ def llava_targets(run):
 def tiny_llm_texts(llm):
     """A tiny LLM's tokenizer (and, for demo_llama, its pre-training) learns from the demo's texts."""
     return ["results/demo/shapes/train.csv", paths.llava_demo_instructions()]
+
+
+# ---- LLaVA evaluation ------------------------------------------------------------------------------
+
+LLAVA_EVAL_TASKS = config["llava_eval_tasks"]
+
+
+def _check_llava_eval():
+    from sailflow.llava import benchmarks, vqascore  # torch-free
+
+    for name, spec in LLAVA_EVAL_TASKS.items():
+        if spec["kind"] == "vqascore":
+            vqascore.check_spec(spec, name, config["eval_tasks"])
+        else:
+            benchmarks.check_spec(spec, name)
+    for run, r in LLAVA_RUNS.items():
+        for task in r["eval"]:
+            if task not in LLAVA_EVAL_TASKS:
+                raise ValueError(f"llava_runs.{run}.eval: {task!r} is not under llava_eval_tasks:")
+
+
+_check_llava_eval()
+
+
+wildcard_constraints:
+    llava_task="|".join(map(re.escape, LLAVA_EVAL_TASKS)) or "(?!)",
+
+
+def llava_eval_spec(wildcards):
+    """params: the benchmark's entry, with its prompt settings (suffix, max_new_tokens) filled in."""
+    from sailflow.llava import benchmarks
+
+    spec = LLAVA_EVAL_TASKS[wildcards.llava_task]
+    return spec if spec["kind"] == "vqascore" else {**spec, **benchmarks.prompt_settings(spec)}
+
+
+def llava_eval_files(wildcards):
+    from sailflow.llava import benchmarks, vqascore
+
+    spec = LLAVA_EVAL_TASKS[wildcards.llava_task]
+    if spec["kind"] == "vqascore":
+        return vqascore.spec_files(spec, config["eval_tasks"])
+    return benchmarks.spec_files(spec)
+
+
+def llava_eval_refs(wildcards):
+    """params: the eval_tasks entry a vqascore task scores (only that one: editing others reruns nothing)."""
+    spec = LLAVA_EVAL_TASKS[wildcards.llava_task]
+    return {spec["task"]: config["eval_tasks"][spec["task"]]} if "task" in spec else {}
+
+
+def llava_model_inputs(wildcards):
+    """The stage a benchmark scores (stage 2): retraining it reruns every generation and score."""
+    return [paths.llava_manifest(wildcards.run, "finetune"), paths.llava_connector(wildcards.run, "finetune")]
+
+
+def llava_score_inputs(wildcards):
+    """A generated benchmark's score reads its answers; a vqascore task runs the model itself."""
+    if LLAVA_EVAL_TASKS[wildcards.llava_task]["kind"] == "vqascore":
+        return {"model": llava_model_inputs(wildcards)}
+    return {"answers": paths.llava_answers(wildcards.run, wildcards.llava_task)}
+
+
+def llava_score_gpus(wildcards):
+    """VQAScore runs the model (one GPU, when the config gives generation any); scoring answers is CPU work."""
+    if LLAVA_EVAL_TASKS[wildcards.llava_task]["kind"] != "vqascore":
+        return 0
+    return min(1, config["llava_eval"]["gpus"])
+
+
+def llava_eval_results(wildcards):
+    return [paths.llava_eval_result(wildcards.run, t) for t in LLAVA_RUNS[wildcards.run]["eval"]]

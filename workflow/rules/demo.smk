@@ -14,7 +14,7 @@ rule demo_shapes:
     conda:
         "../../envs/sailflow.yaml"
     params:
-        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llm_pretrain_steps")},
+        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llava_eval_sets", "llm_pretrain_steps")},
     script:
         "../scripts/demo_shapes.py"
 
@@ -38,6 +38,6 @@ rule demo_eval_sets:
     conda:
         "../../envs/sailflow.yaml"
     params:
-        cfg={k: v for k, v in config["demo"].items() if k != "llm_pretrain_steps"},
+        cfg={k: v for k, v in config["demo"].items() if k not in ("llm_pretrain_steps", "llava_eval_sets")},
     script:
         "../scripts/demo_eval_sets.py"

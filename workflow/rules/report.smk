@@ -27,7 +27,8 @@ rule report_summary:
 
 rule report_metrics:
     input:
-        [paths.eval_summary(run) for run in config["report"]["runs"] if run in RUNS],  # SAIL runs (LLaVA runs: their curves)
+        [paths.eval_summary(run) for run in config["report"]["runs"] if run in RUNS]
+        + [paths.llava_eval_summary(run) for run in config["report"]["runs"] if run in LLAVA_RUNS and LLAVA_RUNS[run]["eval"]],
     output:
         report(paths.report_metrics(), caption="../report/metrics.rst", category="Metrics"),
     log:
@@ -155,3 +156,22 @@ rule report_llava_training:
         "../../envs/sailflow.yaml"
     script:
         "../scripts/report_llava_training.py"
+
+
+rule report_llava_examples:
+    input:
+        llava_eval_results,
+    output:
+        report(
+            paths.report_file("{run}", "llava_examples.png"),
+            caption="../report/llava_examples.rst",
+            category="LLaVA benchmarks",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/{run}/report_llava_examples.log",
+    localrule: True  # a small figure from JSON files
+    conda:
+        "../../envs/sailflow.yaml"
+    script:
+        "../scripts/report_llava_examples.py"

@@ -97,22 +97,28 @@ class VisionLanguageModel:
         return cls(model, tokenizer, manifest, device)
 
     def _pixels(self, images) -> torch.Tensor:
+        """Preprocessed images; ``None`` (a text-only question) gets a black image whose features are
+        spliced with zero length (its prompt has no image placeholder)."""
+        from PIL import Image
+
         from sailflow.model import _rgb
 
-        return torch.stack([self.model.vision_tower.preprocess(_rgb(im)) for im in images])
+        blank = Image.new("RGB", (8, 8))
+        return torch.stack([self.model.vision_tower.preprocess(_rgb(im) if im is not None else blank) for im in images])
 
     def prompt_ids(self, question: str, has_image: bool = True) -> list[int]:
         return self.template.prompt(question, has_image)
 
     @torch.no_grad()
     def generate(self, images, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16) -> list[str]:
-        """Greedy answers to ``prompts`` (one per image; image paths, bytes or PIL images)."""
+        """Greedy answers to ``prompts`` (one per image; image paths, bytes or PIL images, or None for a
+        text-only question)."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         out = []
         for i in range(0, len(prompts), batch_size):
             ims, ps = images[i : i + batch_size], prompts[i : i + batch_size]
-            ids = self.model.generate([self.prompt_ids(p) for p in ps], self._pixels(ims), max_new_tokens=max_new_tokens,
+            ids = self.model.generate([self.prompt_ids(p, im is not None) for im, p in zip(ims, ps)], self._pixels(ims), max_new_tokens=max_new_tokens,
                                       stop_token_ids=self.template.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id)
             out += [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
         return out

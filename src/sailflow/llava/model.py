@@ -49,14 +49,17 @@ class LlavaModel(nn.Module):
         return self.language_model.get_input_embeddings()(ids)
 
     def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
-                pixel_values: torch.Tensor | None, has_image: torch.Tensor | None = None, padding_side: str = "right"):
+                pixel_values: torch.Tensor | None, has_image: torch.Tensor | None = None, padding_side: str = "right",
+                image_features: torch.Tensor | None = None):
         """Splice image features into the text embeddings. Returns ``(inputs_embeds [B, T, d],
-        attention_mask [B, T], labels [B, T] or None, position_ids [B, T])``."""
+        attention_mask [B, T], labels [B, T] or None, position_ids [B, T])``. ``image_features``
+        (``[B, n_image_tokens, d_llm]``) replaces ``pixel_values`` when the images are already encoded
+        (VQAScore: one image, many texts)."""
         B = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         attention_mask = attention_mask.bool()
-        feats = self.image_features(pixel_values) if pixel_values is not None else None
+        feats = image_features if image_features is not None else self.image_features(pixel_values) if pixel_values is not None else None
         embeds, labs = [], []
         for b in range(B):
             ids = input_ids[b][attention_mask[b]]

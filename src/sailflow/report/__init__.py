@@ -5,6 +5,7 @@ files; each writer writes one file atomically. The workflow's report scripts are
 from sailflow.report.figures import (
     ReportError,
     confusion_dense,
+    llava_examples_grid,
     pair_grid,
     plot_confusion,
     plot_llava_training,

@@ -265,3 +265,52 @@ def pair_grid(task_result: dict, out: str | Path, title: str, outcomes: tuple[st
             txt.text(x + 0.02, 0.05, e["tag"], transform=txt.transAxes, fontsize=9, color="#52606d")
     _finish(fig, title)
     _save(fig, out, "png")
+
+
+# ---- LLaVA benchmarks ------------------------------------------------------------------------------
+def _decoded(example: dict):
+    """The example's image as a thumbnail (a file, or inline base64 as MMBench keeps it), or None."""
+    import base64
+    import io
+
+    if "image" in example:
+        return _thumbnail(example["image"])
+    if "image_b64" in example:
+        return _thumbnail(io.BytesIO(base64.b64decode(example["image_b64"])))
+    return None
+
+
+def llava_examples_grid(task_results: dict[str, dict], out: str | Path, title: str, per_task: int = 4) -> None:
+    """Benchmark questions of a LLaVA run, ``per_task`` per task (spread over each set): the image, the
+    question, the model's answer and the gold answer, green where the question scored (VQA accuracy > 0,
+    or right), red where not; as PNG. VQAScore tasks show their Winoground-style pairs' captions and scores."""
+    plt = _pyplot()
+    rows = []
+    for task, r in task_results.items():
+        for e in r.get("examples", [])[:per_task]:
+            if "question" in e:
+                rows.append((task, e))
+            else:  # a VQAScore pair: image 0 with its two captions' scores
+                rows.append((task, {"image": e["images"][0], "question": f"VQAScore of \"{e['captions'][0]}\" vs \"{e['captions'][1]}\"",
+                                    "answer": f"{e['scores'][0][0]:.3f} vs {e['scores'][1][0]:.3f}",
+                                    "gold": "the first higher", "score": float(e["scores"][0][0] > e["scores"][1][0])}))
+    nrows = max(1, len(rows))
+    fig = plt.figure(figsize=(11, 1.6 * nrows))
+    grid = fig.add_gridspec(nrows, 2, width_ratios=[1, 6])
+    for n, (task, e) in enumerate(rows):
+        ax = fig.add_subplot(grid[n, 0])
+        ax.axis("off")
+        image = _decoded(e)
+        if image is not None:
+            ax.imshow(image)
+        txt = fig.add_subplot(grid[n, 1])
+        txt.axis("off")
+        ok = e.get("score")
+        colour = "black" if ok is None else GOOD if ok > 0 else BAD
+        txt.text(0.0, 0.95, f"{task} · {e.get('question_id', '')}", transform=txt.transAxes, fontsize=8, color="#52606d", va="top")
+        txt.text(0.0, 0.75, _wrap(e["question"], 110, 300), transform=txt.transAxes, fontsize=8.5, va="top")
+        gold = f"   gold: {_wrap(str(e['gold']), 50, 60)}" if "gold" in e else ""
+        txt.text(0.0, 0.08, _wrap(f"model: {e['answer']!s}", 60, 80) + gold, transform=txt.transAxes, fontsize=9.5, color=colour,
+                 fontweight="bold")
+    _finish(fig, title)
+    _save(fig, out, "png")

@@ -194,7 +194,8 @@ def metrics_table(tasks: dict[str, dict], caption: str = "") -> str:
 
 def metrics_html(summaries: dict[str, dict], out: str | Path) -> None:
     """Every run of the report side by side: a row per task/metric, a column per run, chance last;
-    then the runs' backbones, training pairs, fingerprint and commit (from their ``eval.json``)."""
+    then the runs' backbones, training pairs, fingerprint and commit (from their ``eval.json``, or a
+    LLaVA run's ``llava_eval.json``: tower, connector, LLM and its stage 2)."""
     keys = list(dict.fromkeys((t, k) for s in summaries.values() for t, r in s["tasks"].items() for k in r["metrics"]))
     chance = {}
     for s in summaries.values():
@@ -203,11 +204,21 @@ def metrics_html(summaries: dict[str, dict], out: str | Path) -> None:
                 chance.setdefault((t, k), c)
     rows = [[t, k, *[s["tasks"].get(t, {}).get("metrics", {}).get(k) for s in summaries.values()], chance.get((t, k))]
             for t, k in keys]
-    parts = [table("evaluation metrics (fractions), per run, with chance", ["task", "metric", *summaries, "chance"], rows, left=(0, 1))]
-    runs_rows = [[run, s["vision"], s["text"], s["data"]["train_pairs"], s["align"]["steps"], s["fingerprint"],
-                  commit(s)] for run, s in summaries.items()]
-    parts.append(table("runs", ["run", "vision", "text", "train pairs", "steps", "config fingerprint", "commit"], runs_rows,
-                       left=(0, 1, 2, 5, 6)))
+    parts = [table("evaluation metrics (fractions; MME on its own scale), per run, with chance",
+                   ["task", "metric", *summaries, "chance"], rows, left=(0, 1))]
+    sail = {run: s for run, s in summaries.items() if "llava" not in s}
+    llava = {run: s for run, s in summaries.items() if "llava" in s}
+    if sail:
+        runs_rows = [[run, s["vision"], s["text"], s["data"]["train_pairs"], s["align"]["steps"], s["fingerprint"], commit(s)]
+                     for run, s in sail.items()]
+        parts.append(table("SAIL runs", ["run", "vision", "text", "train pairs", "steps", "config fingerprint", "commit"], runs_rows,
+                           left=(0, 1, 2, 5, 6)))
+    if llava:
+        rows = [[run, s["llava"]["tower"], s["llava"]["connector"], s["llava"]["llm"], s["llava"]["template"], s["llava"]["samples"],
+                 s["llava"]["steps"], s["fingerprint"], commit(s)] for run, s in llava.items()]
+        parts.append(table("LLaVA runs (scored on stage 2)", ["run", "tower", "connector", "LLM", "template", "stage-2 samples",
+                                                              "stage-2 steps", "stage fingerprint", "commit"], rows,
+                           left=(0, 1, 2, 3, 4, 7, 8)))
     write_page(out, "metrics", "".join(parts))
 
 

@@ -1,0 +1,94 @@
+"""LLaVA evaluation with a tiny trained stage: the answers JSONL (batched = one at a time, several
+processes merged in question order) and VQAScore (teacher-forced "Yes" + EOS; one image encoding
+shared by its texts gives the same scores as re-encoding per pair)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sailflow.llava.benchmarks import Item
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def vlm(stage2):
+    from sailflow.llava.generate import VisionLanguageModel
+
+    return VisionLanguageModel.from_run(stage2, device="cpu")
+
+
+def _items(parts, n=7):
+    qs = ["What colour is the square?", "Is it a square?", "Name a colour."]
+    items = [Item(question_id=1000 + i, image=str(Path(parts["images"]) / "img" / f"{i:03d}.png"), question=qs[i % 3], category="c")
+             for i in range(n)]
+    items.append(Item(question_id="text-only", image=None, question="Name a colour."))
+    return items
+
+
+def test_answers_batched_and_sorted_equal_one_at_a_time_in_question_order(parts, vlm):
+    from sailflow.llava.answer import answer_lines
+
+    items = _items(parts)
+    batched = answer_lines(vlm, items, "\nAnswer the question using a single word or phrase.", 6, batch_size=3, model_id="m")
+    single = answer_lines(vlm, items, "\nAnswer the question using a single word or phrase.", 6, batch_size=1, model_id="m")
+    assert batched == single
+    assert [x["question_id"] for x in batched] == [it.question_id for it in items]
+    assert batched[0]["prompt"] == "What colour is the square?\nAnswer the question using a single word or phrase."
+    assert set(batched[0]) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert batched[-1]["text"] == vlm.generate([None], [batched[-1]["prompt"]], max_new_tokens=6)[0]  # text-only: no image token
+
+
+def test_answers_on_two_processes_merge_in_question_order(parts, stage2, tmp_path):
+    from sailflow.llava.answer import answer_file, chunks
+    from sailflow.llava.benchmarks import read_answers
+
+    assert [list(c) for c in chunks(8, 3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]  # the reference's ceil(n/K) chunks
+    items = _items(parts)
+    settings = dict(suffix="", max_new_tokens=5, batch_size=4, model_id="tiny")
+    answer_file(stage2, items, tmp_path / "one.jsonl", devices=["cpu"], **settings)
+    answer_file(stage2, items, tmp_path / "two.jsonl", devices=["cpu", "cpu"], **settings)
+    assert read_answers(tmp_path / "two.jsonl") == read_answers(tmp_path / "one.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]  # the parts are gone
+
+
+def test_vqascore_is_exp_mean_log_prob_of_yes_and_eos(parts, vlm):
+    from sailflow.llava.templates import IGNORE_INDEX
+    from sailflow.llava.vqascore import QUESTION, vqascore
+
+    image = str(Path(parts["images"]) / "img" / "000.png")
+    texts = ["A red square.", "A blue square.", "a square"]
+    s = vqascore(vlm, [image, image.replace("000", "001")], texts, batch_size=2)
+    assert s.shape == (2, 3) and s.dtype == torch.float64 and bool(((s > 0) & (s <= 1)).all())
+
+    # by hand: the LLM's own causal-LM loss over the supervised tokens (" Yes" and </s>) of one conversation
+    enc = vlm.template.encode([{"from": "human", "value": "<image>\n" + QUESTION.format(texts[1])}, {"from": "gpt", "value": "Yes"}], True)
+    supervised = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert supervised[-1] == vlm.tokenizer.eos_token_id and len(supervised) >= 2
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        loss = vlm.model(ids, labels=torch.tensor([enc.labels]), pixel_values=vlm._pixels([image])).loss
+    assert s[0, 1].item() == pytest.approx(math.exp(-loss.item()), rel=1e-4)
+
+
+def test_vqascore_shared_image_encoding_equals_reencoding_per_pair(parts, vlm):
+    from sailflow.evaluate.datasets import Pairs
+    from sailflow.llava.vqascore import vqascore, vqascore_pairs, winoground_matrix
+
+    img = [str(Path(parts["images"]) / "img" / f"{i:03d}.png") for i in range(3)]
+    texts = [["A red square.", "A green square.", "A blue square."], ["A yellow square."], ["Yes", "No"]]
+    shared = vqascore_pairs(vlm, img, texts, batch_size=2)
+    again = vqascore_pairs(vlm, img, texts, batch_size=3, share_image=False)
+    for a, b in zip(shared, again):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+    data = Pairs(images0=img[:2], images1=[img[2], img[0]], captions0=["A red square.", "x"], captions1=["A blue square.", "y"],
+                 groups=["g", "g"])
+    s = winoground_matrix(vlm, data)
+    full = vqascore(vlm, [img[0]], ["A red square.", "A blue square."])
+    torch.testing.assert_close(s[0, :, 0], full[0], rtol=1e-6, atol=1e-9)  # image 0 of example 0 vs its captions 0 and 1
+    torch.testing.assert_close(s[1, 0, 1], vqascore(vlm, [img[0]], ["x"])[0, 0], rtol=1e-6, atol=1e-9)  # image 1 of example 1
