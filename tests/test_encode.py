@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

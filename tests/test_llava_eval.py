@@ -92,3 +92,46 @@ def test_vqascore_shared_image_encoding_equals_reencoding_per_pair(parts, vlm):
     full = vqascore(vlm, [img[0]], ["A red square.", "A blue square."])
     torch.testing.assert_close(s[0, :, 0], full[0], rtol=1e-6, atol=1e-9)  # image 0 of example 0 vs its captions 0 and 1
     torch.testing.assert_close(s[1, 0, 1], vqascore(vlm, [img[0]], ["x"])[0, 0], rtol=1e-6, atol=1e-9)  # image 1 of example 1
+
+
+def test_vqascore_tasks_winoground_and_text_to_image(parts, vlm, tmp_path):
+    import json
+
+    from sailflow.llava.vqascore import check_spec, evaluate, vqascore
+
+    img = Path(parts["images"]) / "img"
+    # text-to-image: a folder of images and a CSV of prompts -> one score per row, their mean
+    (tmp_path / "prompts.csv").write_text('image,prompt\n000.png,A red square.\n001.png,"A green, bright square."\n')
+    spec = {"kind": "vqascore", "images": str(img), "prompts": str(tmp_path / "prompts.csv")}
+    check_spec(spec, "t2i", {})
+    r = evaluate(vlm, spec, {})
+    direct = [vqascore(vlm, [str(img / "000.png")], ["A red square."])[0, 0].item(),
+              vqascore(vlm, [str(img / "001.png")], ["A green, bright square."])[0, 0].item()]
+    assert [x["vqascore"] for x in r["scores"]] == pytest.approx(direct, rel=1e-9)
+    assert r["metrics"]["vqascore"] == pytest.approx(sum(direct) / 2) and r["counts"] == {"pairs": 2}
+
+    # a Winoground-style eval task: strict > on the 2x2 VQAScores, chance 1/4, 1/4, 1/6
+    root = tmp_path / "wino"
+    (root / "images").mkdir(parents=True)
+    for k in range(2):
+        for j in range(2):
+            (root / "images" / f"ex{k}_{j}.png").write_bytes((img / f"{2 * k + j:03d}.png").read_bytes())
+    lines = [{"id": k, "caption_0": "A red square.", "caption_1": "A green square.", "image_0": f"ex{k}_0", "image_1": f"ex{k}_1",
+              "tag": "t", "collapsed_tag": "Object"} for k in range(2)]
+    (root / "examples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    eval_tasks = {"w": {"kind": "winoground", "root": str(root)}}
+    r = evaluate(vlm, {"kind": "vqascore", "task": "w"}, eval_tasks)
+    s = torch.tensor([e["scores"] for e in r["examples"]], dtype=torch.float64)
+    text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    assert r["metrics"]["text"] == text.double().mean().item() and r["metrics"]["group"] == (text & image).double().mean().item()
+    assert r["chance"] == {"text": 0.25, "image": 0.25, "group": 1 / 6}
+
+    for bad, message in (({"kind": "vqascore", "task": "w", "images": "x"}, "either"), ({"kind": "vqascore", "task": "nope"}, "winoground"),
+                         ({"kind": "vqascore", "images": "x"}, "both"), ({"kind": "vqascore", "task": "w", "qestion": "?"}, "unknown key"),
+                         ({"kind": "vqascore", "task": "w", "question": "no slot"}, "{}")):
+        with pytest.raises(ValueError, match=message):
+            check_spec(bad, "t", eval_tasks)
+    (tmp_path / "bad.csv").write_text("image,prompt\nmissing.png,x\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 2: image 'missing.png'"):
+        evaluate(vlm, {"kind": "vqascore", "images": str(img), "prompts": str(tmp_path / "bad.csv")}, {})

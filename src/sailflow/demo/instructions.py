@@ -4,10 +4,7 @@ Every training image gets one record with one to three question/answer turns: fi
 then possibly its shape, size, position or background, in the three answer styles of LLaVA-1.5's mix: a short answer
 ("...\\nAnswer the question using a single word or phrase."), yes/no, and lettered multiple choice
 ("...\\nAnswer with the option's letter from the given choices directly."). A few text-only records
-(no image, questions about the shapes themselves) make the set mix665k-like. Half the records end with a
-VQAScore-style question, ``Does this figure show "a red star on a blue background"? Please answer yes or
-no.``, about the true description or one with the shape's and the background's colours swapped or
-changed (CLIP-FlanT5 trains on such yes/no questions; the demo's Winoground set is scored with them). The questions asked at
+(no image, questions about the shapes themselves) make the set mix665k-like. The questions asked at
 evaluation time (held-out images) use the same wordings; their images were never seen in training.
 """
 
@@ -65,23 +62,6 @@ def _turn(attribute: str, truth: str, rng: random.Random) -> tuple[str, str]:
     return _mc(attribute, truth, rng)
 
 
-def describe(a: dict) -> str:
-    """The demo's one-line description of a shape (as its Winoground-style set's captions)."""
-    return f"a {a['colour']} {a['shape']} on a {a['background']} background"
-
-
-def _figure_turn(a: dict, rng: random.Random) -> tuple[str, str]:
-    from sailflow.llava.vqascore import QUESTION
-
-    if rng.random() < 0.5:
-        return QUESTION.format(describe(a)), "Yes"
-    if rng.random() < 0.5:
-        wrong = {**a, "colour": a["background"], "background": a["colour"]}
-    else:
-        wrong = {**a, "colour": rng.choice([c for c in COLOURS if c not in (a["colour"], a["background"])])}
-    return QUESTION.format(describe(wrong)), "No"
-
-
 def _text_only(i: int, rng: random.Random) -> dict:
     shape = rng.choice(list(SIDES))
     colour = rng.choice(list(COLOURS))
@@ -93,8 +73,7 @@ def _text_only(i: int, rng: random.Random) -> dict:
     return {"id": f"text-{i:06d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
 
 
-def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05,
-                      figure: float = 0.5) -> int:
+def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05) -> int:
     """Write the instruction set for the images of ``meta`` (train.meta.parquet: row, url, shape,
     colour, background, size, position); ``image`` paths relative to ``image_root``. Returns the count."""
     rng = random.Random(seed * 7919 + 11)
@@ -109,9 +88,6 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
         for k, attr in enumerate(attrs):
             q, ans = _turn(attr, a[attr], rng)
             conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + q}, {"from": "gpt", "value": ans}]
-        if rng.random() < figure:
-            q, ans = _figure_turn(a, rng)
-            conv += [{"from": "human", "value": q}, {"from": "gpt", "value": ans}]
         records.append({"id": f"shape-{row.row:06d}", "image": str(path.relative_to(root)), "conversations": conv})
         if rng.random() < text_only:
             records.append(_text_only(len(records), rng))

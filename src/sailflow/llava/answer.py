@@ -26,9 +26,10 @@ from pathlib import Path
 from sailflow.io import atomic_path
 
 
-def answer_id(model_id: str, question_id) -> str:
-    """A stable id (the reference draws a random shortuuid): the same run and question give the same id."""
-    return hashlib.sha1(f"{model_id}\0{question_id}".encode()).hexdigest()[:22]
+def answer_id(model_id: str, question_id, prompt: str) -> str:
+    """A stable id (the reference draws a random shortuuid): the same run and question give the same id
+    (the prompt too: TextVQA's question ids are image ids, shared by an image's questions)."""
+    return hashlib.sha1(f"{model_id}\0{question_id}\0{prompt}".encode()).hexdigest()[:22]
 
 
 def answer_lines(vlm, items, suffix: str, max_new_tokens: int, batch_size: int, model_id: str, progress=None) -> list[dict]:
@@ -45,7 +46,7 @@ def answer_lines(vlm, items, suffix: str, max_new_tokens: int, batch_size: int, 
             texts[i] = t
         if progress is not None:
             progress.update(len(batch))
-    return [{"question_id": it.question_id, "prompt": p, "text": t, "answer_id": answer_id(model_id, it.question_id),
+    return [{"question_id": it.question_id, "prompt": p, "text": t, "answer_id": answer_id(model_id, it.question_id, p),
              "model_id": model_id, "metadata": {"category": it.category} if it.category is not None else {}}
             for it, p, t in zip(items, prompts, texts)]
 

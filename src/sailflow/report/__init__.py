@@ -19,7 +19,7 @@ from sailflow.report.figures import (
 from sailflow.report.tables import data_html, funnel, funnel_table, metric_rows, metrics_html, settings_rows, summary_html
 
 __all__ = [
-    "confusion_dense", "data_html", "funnel", "funnel_table", "metric_rows", "metrics_html", "pair_grid",
+    "confusion_dense", "data_html", "funnel", "funnel_table", "llava_examples_grid", "metric_rows", "metrics_html", "pair_grid",
     "plot_confusion", "plot_llava_training", "plot_training", "read_task_result", "read_train_log", "ReportError", "retrieval_grid",
     "retrieval_misses", "settings_rows", "summary_html", "top_confusions",
 ]
