@@ -28,7 +28,8 @@ demo: install
 	@echo "demo outputs: results/demo/eval.json (every metric; per task in results/demo/eval/),"
 	@echo "  results/report.html (report: metrics with chance, data funnel, training curves, examples),"
 	@echo "  results/data/shapes/manifest.json (data counts), results/demo/align/ (head, loss curve),"
-	@echo "  results/llava_demo/llava/ (the chat model's two stages). Ask it about a held-out shape:"
+	@echo "  results/llava_demo/llava/ (the chat model's two stages), results/llava_demo/llava_eval.json (its"
+	@echo "  benchmarks: answers and upload files in results/llava_demo/llava_eval/). Ask it about a held-out shape:"
 	@echo "  $(BIN)/python -m sailflow.chat results/llava_demo results/demo/shapes/images/eval/000000.png 'What colour is the shape?'"
 
 test: install

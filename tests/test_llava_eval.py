@@ -75,16 +75,21 @@ def test_vqascore_is_exp_mean_log_prob_of_yes_and_eos(parts, vlm):
     assert s[0, 1].item() == pytest.approx(math.exp(-loss.item()), rel=1e-4)
 
 
-def test_vqascore_shared_image_encoding_equals_reencoding_per_pair(parts, vlm):
+def test_vqascore_shared_prefix_and_features_equal_reencoding_per_pair(parts, vlm):
     from sailflow.evaluate.datasets import Pairs
-    from sailflow.llava.vqascore import vqascore, vqascore_pairs, winoground_matrix
+    from sailflow.llava.vqascore import _prefix_length, vqascore, vqascore_pairs, winoground_matrix
 
     img = [str(Path(parts["images"]) / "img" / f"{i:03d}.png") for i in range(3)]
-    texts = [["A red square.", "A green square.", "A blue square."], ["A yellow square."], ["Yes", "No"]]
-    shared = vqascore_pairs(vlm, img, texts, batch_size=2)
-    again = vqascore_pairs(vlm, img, texts, batch_size=3, share_image=False)
-    for a, b in zip(shared, again):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    texts = [["A red square.", "A green square with a much longer description.", "A blue square."], ["A yellow square."], ["Yes", "No"]]
+    cached = vqascore_pairs(vlm, img, texts, batch_size=2)  # the default: the prefix's key/value cache
+    features = vqascore_pairs(vlm, img, texts, batch_size=2, share="features")
+    again = vqascore_pairs(vlm, img, texts, batch_size=3, share="none")
+    for a, b, c in zip(cached, features, again):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-7)
+    from sailflow.llava.vqascore import _encode_texts
+
+    assert _prefix_length(_encode_texts(vlm, texts[0], "{}", "Yes")) is not None  # the cache really was used
 
     data = Pairs(images0=img[:2], images1=[img[2], img[0]], captions0=["A red square.", "x"], captions1=["A blue square.", "y"],
                  groups=["g", "g"])

@@ -9,8 +9,13 @@ supervises in training (vicuna_v1: "▁Yes" and ``</s>``), so the score is the g
 ``sqrt(P("Yes") * P(</s> | "Yes"))`` as t2v_metrics computes it, not the bare first-token probability.
 No generation is involved. Images are preprocessed as in training (``pad`` for LLaVA-1.5 stage 2).
 
-Each image is encoded once and its features are shared by all the texts it is scored against
-(``share_image=False`` re-encodes it per pair: benchmarks/llava_generate.py compares the two).
+Every text scored against an image shares the prompt up to and including the image (BOS, system
+prompt, ``USER: `` and the image's tokens: in LLaVA-1.5 about 600 of a pair's 640 tokens). By default
+(``share="prefix"``) the tower runs once per image and the LLM once over that prefix; each text then
+continues from the prefix's key/value cache, so only its own question and answer tokens are computed.
+``share="features"`` shares only the image features (the LLM runs over the whole prompt per pair) and
+``share="none"`` re-encodes the image per pair; the three give the same scores (a test) and
+benchmarks/llava_generate.py measures them against each other.
 """
 
 from __future__ import annotations
@@ -35,6 +40,19 @@ def _encode_texts(vlm, texts: list[str], question: str, answer: str):
     return encs
 
 
+def _exp_mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """exp(mean log-probability of the supervised tokens) per row; ``logits[:, t]`` predicts ``labels[:, t + 1]``."""
+    import torch
+
+    from sailflow.llava.templates import IGNORE_INDEX
+
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    return torch.exp(tok.sum(1) / keep.sum(1))
+
+
 def _batch_scores(vlm, encs, feats: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
     import torch
 
@@ -52,30 +70,83 @@ def _batch_scores(vlm, encs, feats: torch.Tensor | None, pixels: torch.Tensor | 
     with torch.no_grad():
         embeds, attn, labels, pos = m.prepare(ids, mask, labels, pixels, image_features=feats)
         logits = m.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).logits
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
-    return torch.exp(tok.sum(1) / keep.sum(1))
+    return _exp_mean_logprob(logits, labels)
+
+
+def _prefix_length(encs) -> int | None:
+    """Where the image placeholder is, when every text has the same unsupervised ids before it and
+    nothing supervised right after it (else None: no shared prefix)."""
+    from sailflow.llava.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+    ids = encs[0].input_ids
+    if IMAGE_TOKEN_INDEX not in ids:
+        return None
+    k = ids.index(IMAGE_TOKEN_INDEX)
+    for e in encs:
+        if e.input_ids[: k + 1] != ids[: k + 1] or any(t != IGNORE_INDEX for t in e.labels[: k + 2]):
+            return None
+    return k
+
+
+def _cached_scores(vlm, encs, k: int, feats: torch.Tensor) -> torch.Tensor:
+    """Scores of ``encs`` (sharing ``input_ids[:k]`` and the image at ``k``) from one LLM pass over the
+    prefix: its key/value cache is repeated for the batch, which then runs over its own tokens only."""
+    import copy
+
+    import torch
+
+    from sailflow.llava.templates import IGNORE_INDEX
+
+    m, device, lm = vlm.model, vlm.device, vlm.model.language_model
+    with torch.no_grad():
+        prefix = torch.cat([m.embed_tokens(torch.tensor(encs[0].input_ids[:k], device=device)), feats[0].to(lm.dtype)])
+        P = prefix.shape[0]
+        past = lm(inputs_embeds=prefix[None], position_ids=torch.arange(P, device=device)[None], use_cache=True).past_key_values
+        rest = [e.input_ids[k + 1 :] for e in encs]
+        L = max(len(r) for r in rest)
+        ids = torch.zeros(len(encs), L, dtype=torch.long, device=device)
+        labels = torch.full((len(encs), L), IGNORE_INDEX, dtype=torch.long, device=device)
+        mask = torch.zeros(len(encs), P + L, dtype=torch.long, device=device)
+        mask[:, :P] = 1
+        for b, (e, r) in enumerate(zip(encs, rest)):
+            ids[b, : len(r)] = torch.tensor(r, device=device)
+            labels[b, : len(r)] = torch.tensor(e.labels[k + 1 :], device=device)
+            mask[b, P : P + len(r)] = 1
+        cache = copy.deepcopy(past)
+        cache.batch_repeat_interleave(len(encs))
+        logits = lm(inputs_embeds=m.embed_tokens(ids), attention_mask=mask, position_ids=(P + torch.arange(L, device=device))[None].expand(len(encs), -1),
+                    past_key_values=cache, use_cache=True).logits
+    return _exp_mean_logprob(logits, labels)
+
+
+SHARE = ("prefix", "features", "none")
 
 
 def vqascore_pairs(vlm, images: list, texts_per_image: list[list[str]], *, question: str = QUESTION, answer: str = ANSWER,
-                   batch_size: int = 32, share_image: bool = True, progress=None) -> list[torch.Tensor]:
-    """For each image, the VQAScores (float64, in (0, 1]) of its own list of texts."""
+                   batch_size: int = 32, share: str = "prefix", progress=None) -> list[torch.Tensor]:
+    """For each image, the VQAScores (float64, in (0, 1]) of its own list of texts; ``share``: what
+    the texts of one image share (see the module's docstring)."""
     import torch
 
     if len(images) != len(texts_per_image):
         raise ValueError(f"{len(images)} images for {len(texts_per_image)} text lists")
+    if share not in SHARE:
+        raise ValueError(f"share must be one of {SHARE}, not {share!r}")
     out = []
     for image, texts in zip(images, texts_per_image):
         encs = _encode_texts(vlm, texts, question, answer)
         pixels = vlm._pixels([image]).to(vlm.device)
         with torch.no_grad():
-            feats = vlm.model.image_features(pixels) if share_image else None
+            feats = vlm.model.image_features(pixels) if share != "none" else None
+        k = _prefix_length(encs) if share == "prefix" and encs else None
+        if k is not None and k + 1 + feats.shape[1] + max(len(e.input_ids) for e in encs) > vlm.model.max_length:
+            k = None  # a prompt longer than the model's max_length is cut as in training: no cache
         scores = []
         for i in range(0, len(encs), batch_size):
             chunk = encs[i : i + batch_size]
-            if share_image:
+            if k is not None:
+                scores.append(_cached_scores(vlm, chunk, k, feats))
+            elif share != "none":
                 scores.append(_batch_scores(vlm, chunk, feats.expand(len(chunk), -1, -1), None))
             else:
                 scores.append(_batch_scores(vlm, chunk, None, pixels.expand(len(chunk), -1, -1, -1)))
