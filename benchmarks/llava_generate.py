@@ -10,9 +10,10 @@
 
 The two modes of each comparison alternate over several rounds and the ratio is the median of the
 per-round ratios, so other jobs on a busy machine slow both sides alike. A tiny CLIP tower and a
-LLaMA (tests/llava_parts.py sizes, wider), trained for one short stage 2 so that it stops on its own.
+LLaMA (tests/llava_parts.py), the tower giving ``--image-tokens`` tokens per image, so that the image is
+most of a VQAScore prompt as in LLaVA-1.5; trained for one short stage 2 so that it stops on its own.
 
-    python benchmarks/llava_generate.py [--questions 48] [--batch 16] [--rounds 3]
+    python benchmarks/llava_generate.py [--questions 48] [--batch 16] [--rounds 3] [--image-tokens 256]
 """
 
 from __future__ import annotations
@@ -29,17 +30,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def train_stage2(root: Path) -> Path:
+def train_stage2(root: Path, image_tokens: int) -> Path:
     from llava_parts import build_parts, stage_args
 
     from sailflow.llava.train import train_stage
 
-    parts = build_parts(root)
+    side = int(round(image_tokens ** 0.5))
+    parts = build_parts(root, image_size=4 * side, patch_size=4)
     devnull = open(os.devnull, "w")
     pre = root / "pretrain"
-    train_stage(stage_args(parts, "pretrain", pre, epochs=1), log=devnull)
+    train_stage(stage_args(parts, "pretrain", pre, epochs=1, max_length=1024), log=devnull)
     fin = root / "finetune"
-    args = stage_args(parts, "finetune", fin, epochs=2)
+    args = stage_args(parts, "finetune", fin, epochs=2, max_length=1024)
     args["previous"] = str(pre)
     train_stage(args, log=devnull)
     return fin, parts
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=16, help="VQAScore texts per image")
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image-tokens", type=int, default=256, help="tower tokens per image (LLaVA-1.5: 576 of a pair's ~640)")
     a = ap.parse_args()
 
     import torch
@@ -63,7 +66,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        stage, parts = train_stage2(Path(tmp))
+        stage, parts = train_stage2(Path(tmp), a.image_tokens)
         vlm = VisionLanguageModel.from_run(stage, device="cpu")
         images = sorted(str(p) for p in (Path(parts["images"]) / "img").glob("*.png"))
         qs = ["What colour is the square?", "Is it a square?", "Name a colour.", "Is the square red or blue? Answer with one word please."]
@@ -99,7 +102,7 @@ def main() -> None:
     pairs = a.images * a.texts
     print(json.dumps({
         "benchmark": "llava_generate",
-        "questions": a.questions, "batch_size": a.batch, "rounds": a.rounds,
+        "questions": a.questions, "batch_size": a.batch, "rounds": a.rounds, "image_tokens": a.image_tokens,
         "answers_per_s_batched": round(a.questions / statistics.median(t_gen["batched"]), 2),
         "answers_per_s_one_at_a_time": round(a.questions / statistics.median(t_gen["single"]), 2),
         "batched_speedup": round(statistics.median(gen_ratios), 2),

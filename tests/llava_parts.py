@@ -50,13 +50,14 @@ def texts() -> list[str]:
                          "detailed, and polite answers to the user's questions. USER: ASSISTANT:"] * 20
 
 
-def build_parts(root: Path, arch: str = "llama") -> dict:
-    """A tiny CLIP (for the tower), a tiny LLM with its tokenizer, images and records under ``root``."""
+def build_parts(root: Path, arch: str = "llama", image_size: int = 32, patch_size: int = 8) -> dict:
+    """A tiny CLIP (for the tower: (image_size / patch_size)^2 image tokens), a tiny LLM with its
+    tokenizer, images and records under ``root``."""
     from sailflow.backbones.tiny import build_tiny
     from sailflow.llava.tiny import build_tiny_llm, train_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
-    clip = build_tiny("clip", root / "clip", image_size=32, patch_size=8)
+    clip = build_tiny("clip", root / "clip", image_size=image_size, patch_size=patch_size)
     train_tokenizer(texts(), root / "tok", vocab_size=300)
     llm = build_tiny_llm(arch, root / "llm", root / "tok", hidden_size=64, layers=2, heads=4, seed=0)
     images = make_images(root)
