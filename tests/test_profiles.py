@@ -53,3 +53,30 @@ def test_slurm_profile_submits_gpu_encode_job(workdir, tmp_path):
     line = log.read_text()
     assert "--gpus=1" in line and "-p gpu" in line and "--cpus-per-gpu=8" in line and "--mem 64000" in line
     assert "rule_encode_images" in line
+
+
+def test_every_gpu_rule_has_its_slurm_resources():
+    """A rule that asks for GPUs (``resources: gpu=``) goes to the GPU partition with the profile's settings
+    (or is put on the CPU partition with gpu: 0 on purpose); one that may ask for several also asks for
+    one node (torchrun --standalone needs them on one machine)."""
+    import re
+
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]
+    rules = {}
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)+)", smk.read_text(), flags=re.M):
+            m = re.search(r"^        gpu=(.+)$", body, flags=re.M)
+            if m and m.group(1).strip() not in ("0", "llava_score_gpus"):
+                rules[name] = m.group(1).strip()
+    assert {"align", "encode_images", "llava_finetune", "llava_answers", "llava_vqascore"} <= set(rules)
+    for name, gpu in rules.items():
+        entry = profile.get(name)
+        assert entry is not None, f"rule {name} asks for gpu={gpu} but profiles/slurm/config.yaml has no set-resources for it"
+        if entry.get("gpu") == 0:  # taken off the GPU on purpose (evaluate: a matrix product)
+            assert entry["slurm_partition"] == "?cpu_partition", name
+            continue
+        assert entry["slurm_partition"] == "?gpu_partition", name
+        if entry.get("gpu") != 1 and gpu != "1" and "min(1" not in gpu:  # may be more than one GPU
+            assert entry.get("nodes") == 1 and entry.get("tasks") == 0, name

@@ -60,7 +60,8 @@ def test_demo_dry_run_is_complete(workdir):
         "eval_text_features": n_tasks, "evaluate": n_tasks, "eval_summary": 1, "report_training": 1, "report_data": 1,
         "report_retrieval": 1, "report_metrics": 1, "report_summary": 1, "report_zeroshot": 2, "report_pairs": 2,
         "build_tiny_llm": 1, "llava_demo_data": 1, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1,
-        "llava_demo_eval_sets": 1, "llava_answers": n_generated, "llava_score": n_llava, "llava_eval_summary": 1,
+        "llava_demo_eval_sets": 1, "llava_answers": n_generated, "llava_score": n_generated, "llava_vqascore": n_llava - n_generated,
+        "llava_eval_summary": 1,
         "report_llava_examples": 1, "all": 1,
     }
 
@@ -177,8 +178,8 @@ def _rerun_scopes(workdir, cfg):
                   "report_zeroshot": 2, "report_pairs": 2, "report_summary": 1, "all": 1}
     n_llava, n_generated = _llava_tasks(cfg)
     # what follows a new LLaVA stage 2: every benchmark's generation and score, their summary and report
-    after_stage2 = {"llava_answers": n_generated, "llava_score": n_llava, "llava_eval_summary": 1, "report_llava_examples": 1,
-                    "report_metrics": 1, "all": 1}
+    after_stage2 = {"llava_answers": n_generated, "llava_score": n_generated, "llava_vqascore": n_llava - n_generated,
+                    "llava_eval_summary": 1, "report_llava_examples": 1, "report_metrics": 1, "all": 1}
     after_llava_head = {**after_head, **after_stage2, "llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1}  # the demo LLaVA run's tower is this head
 
     # an alignment setting: the alignment and what follows it, not encoding

@@ -592,6 +592,11 @@ wildcard_constraints:
     llava_task="|".join(map(re.escape, LLAVA_EVAL_TASKS)) or "(?!)",
 
 
+# Benchmarks answered by generation (then scored from their answers) and VQAScore tasks (scored by the model).
+GENERATED_TASKS = "|".join(re.escape(t) for t, s in LLAVA_EVAL_TASKS.items() if s["kind"] != "vqascore") or "(?!)"
+VQASCORE_TASKS = "|".join(re.escape(t) for t, s in LLAVA_EVAL_TASKS.items() if s["kind"] == "vqascore") or "(?!)"
+
+
 def llava_eval_spec(wildcards):
     """params: the benchmark's entry, with its prompt settings (suffix, max_new_tokens) filled in."""
     from sailflow.llava import benchmarks
@@ -618,20 +623,6 @@ def llava_eval_refs(wildcards):
 def llava_model_inputs(wildcards):
     """The stage a benchmark scores (stage 2): retraining it reruns every generation and score."""
     return [paths.llava_manifest(wildcards.run, "finetune"), paths.llava_connector(wildcards.run, "finetune")]
-
-
-def llava_score_inputs(wildcards):
-    """A generated benchmark's score reads its answers; a vqascore task runs the model itself."""
-    if LLAVA_EVAL_TASKS[wildcards.llava_task]["kind"] == "vqascore":
-        return {"model": llava_model_inputs(wildcards)}
-    return {"answers": paths.llava_answers(wildcards.run, wildcards.llava_task)}
-
-
-def llava_score_gpus(wildcards):
-    """VQAScore runs the model (one GPU, when the config gives generation any); scoring answers is CPU work."""
-    if LLAVA_EVAL_TASKS[wildcards.llava_task]["kind"] != "vqascore":
-        return 0
-    return min(1, config["llava_eval"]["gpus"])
 
 
 def llava_eval_results(wildcards):

@@ -1,6 +1,6 @@
 # LLaVA evaluation: each benchmark's answers (greedy generation on the run's finetune stage, LLaVA's
-# answers JSONL), their score with the official metric (plus upload files for the evaluation servers),
-# VQAScore tasks scored straight from the model, all merged into results/{run}/llava_eval.json.
+# answers JSONL), their score with the official metric (plus upload files for the evaluation servers);
+# VQAScore tasks scored straight from the model (a GPU job); all merged into results/{run}/llava_eval.json.
 
 
 rule llava_demo_eval_sets:
@@ -49,18 +49,41 @@ rule llava_answers:
 
 rule llava_score:
     input:
-        unpack(llava_score_inputs),
+        answers=paths.llava_answers("{run}", "{llava_task}"),
         data=llava_eval_files,
     output:
         result=paths.llava_eval_result("{run}", "{llava_task}"),
         files=directory(paths.llava_eval_files("{run}", "{llava_task}")),
     log:
         "logs/{run}/llava_eval/{llava_task}.log",
+    wildcard_constraints:
+        llava_task=GENERATED_TASKS,
+    conda:
+        "../../envs/sailflow.yaml"
+    params:
+        spec=llava_eval_spec,
+    script:
+        "../scripts/llava_score.py"
+
+
+rule llava_vqascore:
+    input:
+        model=llava_model_inputs,
+        data=llava_eval_files,
+    output:
+        result=paths.llava_eval_result("{run}", "{llava_task}"),
+        files=directory(paths.llava_eval_files("{run}", "{llava_task}")),
+    log:
+        "logs/{run}/llava_eval/{llava_task}.log",
+    benchmark:
+        "logs/benchmark/{run}/llava_eval/{llava_task}.tsv"
+    wildcard_constraints:
+        llava_task=VQASCORE_TASKS,
     conda:
         "../../envs/sailflow.yaml"
     resources:
-        gpu=llava_score_gpus,
-        batch_size=config["llava_eval"]["vqascore_batch_size"],
+        gpu=min(1, config["llava_eval"]["gpus"]),
+        batch_size=config["llava_eval"]["vqascore_batch_size"],  # a resource: the scores are the same for any value
     params:
         spec=llava_eval_spec,
         eval_tasks=llava_eval_refs,

@@ -1,5 +1,8 @@
 """Download one chunk with img2dataset; write download.json only when it succeeded."""
 
+import os
+import sys
+
 from sailflow.data.download import download_chunk
 from sailflow.logs import log_to
 
@@ -24,3 +27,9 @@ def main(smk):
 
 if __name__ == "__main__":
     main(snakemake)  # noqa: F821
+    # download.json is written (atomically) and the log flushed: leave without the interpreter's teardown.
+    # Seen once under load, after a successful download: a native thread pool aborted the process there
+    # ("terminate called without an active exception", SIGABRT), failing a job whose work was done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

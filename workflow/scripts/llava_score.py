@@ -1,5 +1,5 @@
-"""Score one benchmark of a LLaVA run: its answers with the benchmark's official metric (and the files
-its evaluation server takes), or VQAScores from the model itself."""
+"""Score one benchmark of a LLaVA run: its answers with the benchmark's official metric and the files
+its evaluation server takes (rule llava_score), or VQAScores from the model itself (rule llava_vqascore)."""
 
 from pathlib import Path
 
