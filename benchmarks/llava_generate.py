@@ -4,7 +4,7 @@
    llava_answers rule does) against one question at a time (LLaVA-1.5's scripts) on the same questions,
    checking that both give the same answers;
 2. VQAScore pairs/s with the image and the prompt before it computed once for the N texts scored
-   against it (the prefix's key/value cache: what the llava_score rule does) against re-encoding the
+   against it (the prefix's key/value cache: what the llava_vqascore rule does) against re-encoding the
    image and running the whole prompt for every pair (and, in between, sharing the image features
    only), checking equal scores.
 
