@@ -65,6 +65,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+def jsonl(lines) -> str:
+    """JSON Lines text: one strict JSON object per line (non-finite numbers as null)."""
+    return "".join(json.dumps(_strict(x), ensure_ascii=False, allow_nan=False) + "\n" for x in lines)
+
+
+def write_jsonl(path: str | os.PathLike, lines) -> None:
+    """Write ``lines`` as JSON Lines, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(jsonl(lines), encoding="utf-8")
+
+
 def write_parquet(path: str | os.PathLike, df) -> None:
     """Write a pandas DataFrame to parquet (no index), atomically."""
     with atomic_path(path) as tmp:

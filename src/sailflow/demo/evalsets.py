@@ -19,7 +19,6 @@ Newly drawn with a held-out seed (pairs that differ in one controlled way):
 from __future__ import annotations
 
 import csv
-import json
 import random
 import shutil
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 
 from sailflow.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES, draw_shape
 from sailflow.evaluate.datasets import MMVP_IMAGE_FOLDER
-from sailflow.io import atomic_path, write_json
+from sailflow.io import atomic_path, write_json, write_jsonl
 
 RETRIEVAL_SOURCES = ["shortIB_captions", "shortSV_captions", "shortLLA_captions", "longIB_captions", "longLLA_captions"]
 MMVP_PATTERNS = ["Color", "Shape", "Size", "Position", "Background"]
@@ -91,8 +90,7 @@ def winoground_set(root: Path, n: int, side: int, seed: int) -> None:
         lines.append({"id": k, "caption_0": f"a {a['colour']} {a['shape']} on a {a['background']} background",
                       "caption_1": f"a {b['colour']} {b['shape']} on a {b['background']} background",
                       "image_0": f"ex_{k}_img_0", "image_1": f"ex_{k}_img_1", "tag": "colour swap", "collapsed_tag": "Object"})
-    with atomic_path(root / "examples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    write_jsonl(root / "examples.jsonl", lines)
 
 
 def _mmvp_pair(pattern: str, rng: random.Random) -> tuple[dict, dict, str, str]:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import random
 from pathlib import Path
 
@@ -24,18 +23,13 @@ import pandas as pd
 
 from sailflow.demo.instructions import ATTRIBUTES, SHORT
 from sailflow.demo.shapes import COLOURS
-from sailflow.io import atomic_path, write_json
+from sailflow.io import atomic_path, write_json, write_jsonl
 
 # Other wordings a person might give (the 10 answers of a VQA question mix them with the usual word).
 SYNONYMS = {"purple": ["violet"], "orange": ["amber"], "green": ["dark green"], "white": ["light grey"],
             "circle": ["round", "disc"], "square": ["box"], "cross": ["plus sign", "plus"], "star": ["star shape"],
             "hexagon": ["hexagonal shape"], "triangle": ["triangle shape"]}
 POPE_CATEGORIES = ("random", "popular", "adversarial")
-
-
-def _write_jsonl(path: Path, lines: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
 
 
 def _human_answers(truth: str, rng: random.Random) -> list[str]:
@@ -48,22 +42,27 @@ def _human_answers(truth: str, rng: random.Random) -> list[str]:
     return out
 
 
-def vqa_set(meta: pd.DataFrame, root: Path, image_dir: Path, rng: random.Random) -> None:
+def _source(url: str) -> Path:
+    """The held-out image a file:// URL of the shapes' table points to."""
+    return Path(url.removeprefix("file://"))
+
+
+def vqa_set(meta: pd.DataFrame, root: Path, rng: random.Random) -> None:
     questions, annotations = [], []
     for k, row in enumerate(meta.itertuples(index=False)):
         attribute = "colour" if k % 2 == 0 else "shape"
         truth = getattr(row, attribute)
         qid = 1_000 + k
-        questions.append({"question_id": qid, "image": _relative(row.url, image_dir), "text": ATTRIBUTES[attribute][0] + SHORT,
+        questions.append({"question_id": qid, "image": _source(row.url).name, "text": ATTRIBUTES[attribute][0] + SHORT,
                           "category": attribute})
         annotations.append({"question_id": qid, "image_id": int(row.row), "answer_type": "other",
                             "question_type": "what color is the" if attribute == "colour" else "what shape is",
                             "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(_human_answers(truth, rng))]})
-    _write_jsonl(root / "questions.jsonl", questions)
+    write_jsonl(root / "questions.jsonl", questions)
     write_json(root / "annotations.json", {"annotations": annotations})
 
 
-def pope_set(meta: pd.DataFrame, root: Path, image_dir: Path, rng: random.Random, popular: list[str]) -> None:
+def pope_set(meta: pd.DataFrame, root: Path, rng: random.Random, popular: list[str]) -> None:
     questions, per_category = [], {c: [] for c in POPE_CATEGORIES}
     for k, row in enumerate(meta.itertuples(index=False)):
         category = POPE_CATEGORIES[k % 3]
@@ -72,13 +71,13 @@ def pope_set(meta: pd.DataFrame, root: Path, image_dir: Path, rng: random.Random
         asked = [(row.colour, "yes"), (no, "no")]
         rng.shuffle(asked)
         for j, (colour, label) in enumerate(asked):
-            q = {"question_id": 10 * (1_000 + k) + j, "image": _relative(row.url, image_dir), "text": f"Is the shape {colour}?" + SHORT,
+            q = {"question_id": 10 * (1_000 + k) + j, "image": _source(row.url).name, "text": f"Is the shape {colour}?" + SHORT,
                  "category": category}
             questions.append(q)
             per_category[category].append({**q, "label": label})
-    _write_jsonl(root / "llava_pope_test.jsonl", questions)
+    write_jsonl(root / "llava_pope_test.jsonl", questions)
     for category, lines in per_category.items():
-        _write_jsonl(root / "coco" / f"coco_pope_{category}.json", lines)
+        write_jsonl(root / "coco" / f"coco_pope_{category}.json", lines)
 
 
 def mc_set(meta: pd.DataFrame, path: Path, rng: random.Random) -> None:
@@ -87,7 +86,7 @@ def mc_set(meta: pd.DataFrame, path: Path, rng: random.Random) -> None:
     for k, row in enumerate(meta.itertuples(index=False)):
         options = rng.sample([v for v in values if v not in (row.colour, row.background)], k=3) + [row.colour]
         rng.shuffle(options)
-        image = base64.b64encode(Path(row.url.removeprefix("file://")).read_bytes()).decode()
+        image = base64.b64encode(_source(row.url).read_bytes()).decode()
         rows.append({"index": k, "question": question, "hint": "nan", **dict(zip("ABCD", options)),
                      "answer": "ABCD"[options.index(row.colour)], "category": "colour", "l2-category": "attribute",
                      "image": image, "source": "sailflow demo", "split": "dev"})
@@ -100,23 +99,17 @@ def _copy_images(meta: pd.DataFrame, image_dir: Path) -> None:
 
     image_dir.mkdir(parents=True, exist_ok=True)
     for url in meta["url"]:
-        src = Path(url.removeprefix("file://"))
-        shutil.copyfile(src, image_dir / src.name)
-
-
-def _relative(url: str, image_dir: Path) -> str:
-    return Path(url.removeprefix("file://")).name
+        shutil.copyfile(_source(url), image_dir / _source(url).name)
 
 
 def make_llava_eval_sets(heldout_meta: str | Path, train_meta: str | Path, out: dict, n: dict, seed: int) -> None:
     """Write the three sets; ``out`` maps images, vqa, pope (folders) and mc (a TSV path); ``n`` the
     questions (images) per set. Images are the held-out shapes after the first 200 (the chat check's)."""
     meta = pd.read_parquet(heldout_meta)
-    image_dir = Path(out["images"])
     popular = pd.read_parquet(train_meta)["colour"].value_counts().index.tolist()
     pool = meta.iloc[200:] if len(meta) > 200 + max(n.values()) else meta
     rng = random.Random(seed * 1_000_003 + 17)
-    _copy_images(pool.iloc[: max(n["vqa"], n["pope"])], image_dir)
-    vqa_set(pool.iloc[: n["vqa"]], Path(out["vqa"]), image_dir, rng)
-    pope_set(pool.iloc[: n["pope"]], Path(out["pope"]), image_dir, rng, popular)
+    _copy_images(pool.iloc[: max(n["vqa"], n["pope"])], Path(out["images"]))
+    vqa_set(pool.iloc[: n["vqa"]], Path(out["vqa"]), rng)
+    pope_set(pool.iloc[: n["pope"]], Path(out["pope"]), rng, popular)
     mc_set(pool.iloc[: n["mc"]], Path(out["mc"]), rng)

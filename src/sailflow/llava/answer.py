@@ -19,11 +19,10 @@ On several devices the questions are split into contiguous chunks (``ceil(n / K)
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
-from sailflow.io import atomic_path
+from sailflow.io import write_jsonl
 
 
 def answer_id(model_id: str, question_id, prompt: str) -> str:
@@ -51,46 +50,41 @@ def answer_lines(vlm, items, suffix: str, max_new_tokens: int, batch_size: int, 
             for it, p, t in zip(items, prompts, texts)]
 
 
-def write_jsonl(path: str | Path, lines: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
-
-
 def chunks(n: int, k: int) -> list[range]:
     """The reference's split: contiguous chunks of ``ceil(n / k)`` questions."""
     size = max(1, math.ceil(n / k))
     return [range(i, min(i + size, n)) for i in range(0, n, size)][:k]
 
 
-def _worker(rank: int, stage: str, device: str, items, settings: dict, part: str, log_path: str | None) -> None:
-    import torch
+def _answer_into(stage: str, device: str, items, settings: dict, out_path: str | Path, log, desc: str = "answers") -> list[dict]:
+    """Load the stage on ``device``, answer ``items`` and write their answers JSONL to ``out_path``."""
     from tqdm import tqdm
 
     from sailflow.llava.generate import VisionLanguageModel
 
-    torch.set_num_threads(settings.get("threads", 1))
     vlm = VisionLanguageModel.from_run(stage, device=device)
-    log = open(log_path, "a") if log_path else None
-    with tqdm(total=len(items), desc=f"answers [{rank}]", file=log, mininterval=30) as bar:
+    with tqdm(total=len(items), desc=desc, file=log, mininterval=30) as bar:
         lines = answer_lines(vlm, items, settings["suffix"], settings["max_new_tokens"], settings["batch_size"], settings["model_id"], bar)
-    write_jsonl(part, lines)
+    write_jsonl(out_path, lines)
+    return lines
+
+
+def _worker(rank: int, stage: str, device: str, items, settings: dict, part: str, log_path: str | None) -> None:
+    """One device's process: its share of the CPU threads, its progress appended to the job's log."""
+    import torch
+
+    torch.set_num_threads(settings["threads"])
+    log = open(log_path, "a") if log_path else None
+    _answer_into(stage, device, items, settings, part, log, desc=f"answers [{rank}]")
 
 
 def answer_file(stage: str | Path, items, out_path: str | Path, *, suffix: str, max_new_tokens: int, batch_size: int,
                 model_id: str, devices: list[str], log=None) -> int:
     """Write the answers JSONL of ``items`` to ``out_path``: in this process on ``devices[0]``, or one
     process per device with the parts merged in question order. Returns the number of answers."""
-    from tqdm import tqdm
-
     settings = {"suffix": suffix, "max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size), "model_id": model_id}
     if len(devices) <= 1:
-        from sailflow.llava.generate import VisionLanguageModel
-
-        vlm = VisionLanguageModel.from_run(stage, device=devices[0] if devices else "cpu")
-        with tqdm(total=len(items), desc="answers", file=log, mininterval=30) as bar:
-            lines = answer_lines(vlm, items, suffix, max_new_tokens, batch_size, model_id, bar)
-        write_jsonl(out_path, lines)
-        return len(lines)
+        return len(_answer_into(str(stage), devices[0] if devices else "cpu", items, settings, out_path, log))
     import os
 
     import torch.multiprocessing as mp

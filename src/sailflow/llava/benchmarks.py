@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sailflow.io import atomic_path
+from sailflow.io import atomic_path, jsonl
 from sailflow.llava import scorers
 from sailflow.llava.scorers import LETTER_SUFFIX, SHORT_ANSWER_SUFFIX, VIZWIZ_SUFFIX
 
@@ -532,7 +532,7 @@ def _json_writer(obj) -> Callable[[Path], None]:
 
 
 def _jsonl_writer(lines: list) -> Callable[[Path], None]:
-    return _text_writer("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    return _text_writer(jsonl(lines))
 
 
 def _vqa_scores(items: list[Item], texts: list[str], gt_lists: list, groups: list, normalize: str, annotations: str) -> dict:

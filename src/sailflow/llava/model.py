@@ -59,7 +59,9 @@ class LlavaModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         attention_mask = attention_mask.bool()
-        feats = image_features if image_features is not None else self.image_features(pixel_values) if pixel_values is not None else None
+        feats = image_features
+        if feats is None and pixel_values is not None:
+            feats = self.image_features(pixel_values)
         embeds, labs = [], []
         for b in range(B):
             ids = input_ids[b][attention_mask[b]]

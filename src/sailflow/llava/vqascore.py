@@ -53,20 +53,28 @@ def _exp_mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.exp(tok.sum(1) / keep.sum(1))
 
 
-def _batch_scores(vlm, encs, feats: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
+def _right_padded(ids: list[list[int]], labels: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, labels, mask)`` as ``[B, L]`` tensors, padded on the right (labels with IGNORE_INDEX)."""
     import torch
 
     from sailflow.llava.templates import IGNORE_INDEX
 
-    m, device = vlm.model, vlm.device
-    L = max(len(e.input_ids) for e in encs)
-    ids = torch.full((len(encs), L), 0, dtype=torch.long, device=device)
-    labels = torch.full((len(encs), L), IGNORE_INDEX, dtype=torch.long, device=device)
-    mask = torch.zeros(len(encs), L, dtype=torch.bool, device=device)
-    for b, e in enumerate(encs):
-        ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids, device=device)
-        labels[b, : len(e.labels)] = torch.tensor(e.labels, device=device)
-        mask[b, : len(e.input_ids)] = True
+    L = max(len(r) for r in ids)
+    out_ids = torch.zeros(len(ids), L, dtype=torch.long, device=device)
+    out_labels = torch.full((len(ids), L), IGNORE_INDEX, dtype=torch.long, device=device)
+    mask = torch.zeros(len(ids), L, dtype=torch.bool, device=device)
+    for b, (r, lab) in enumerate(zip(ids, labels)):
+        out_ids[b, : len(r)] = torch.tensor(r, device=device)
+        out_labels[b, : len(lab)] = torch.tensor(lab, device=device)
+        mask[b, : len(r)] = True
+    return out_ids, out_labels, mask
+
+
+def _batch_scores(vlm, encs, feats: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
+    import torch
+
+    m = vlm.model
+    ids, labels, mask = _right_padded([e.input_ids for e in encs], [e.labels for e in encs], vlm.device)
     with torch.no_grad():
         embeds, attn, labels, pos = m.prepare(ids, mask, labels, pixels, image_features=feats)
         logits = m.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).logits
@@ -88,34 +96,35 @@ def _prefix_length(encs) -> int | None:
     return k
 
 
-def _cached_scores(vlm, encs, k: int, feats: torch.Tensor) -> torch.Tensor:
-    """Scores of ``encs`` (sharing ``input_ids[:k]`` and the image at ``k``) from one LLM pass over the
-    prefix: its key/value cache is repeated for the batch, which then runs over its own tokens only."""
+def _prefix_cache(vlm, encs, k: int, feats: torch.Tensor):
+    """One LLM pass over the prompt the texts share (``input_ids[:k]``, then the image's features):
+    ``(its key/value cache, its length)``."""
+    import torch
+
+    m, lm = vlm.model, vlm.model.language_model
+    with torch.no_grad():
+        prefix = torch.cat([m.embed_tokens(torch.tensor(encs[0].input_ids[:k], device=vlm.device)), feats[0].to(lm.dtype)])
+        P = prefix.shape[0]
+        return lm(inputs_embeds=prefix[None], position_ids=torch.arange(P, device=vlm.device)[None], use_cache=True).past_key_values, P
+
+
+def _cached_scores(vlm, encs, k: int, prefix) -> torch.Tensor:
+    """Scores of ``encs`` (sharing ``input_ids[:k]`` and the image at ``k``) continuing from the prefix's
+    key/value cache (:func:`_prefix_cache`), repeated for the batch: only the texts' own tokens run."""
     import copy
 
     import torch
 
-    from sailflow.llava.templates import IGNORE_INDEX
-
+    past, P = prefix
     m, device, lm = vlm.model, vlm.device, vlm.model.language_model
+    ids, labels, own = _right_padded([e.input_ids[k + 1 :] for e in encs], [e.labels[k + 1 :] for e in encs], device)
+    mask = torch.cat([torch.ones(len(encs), P, dtype=torch.long, device=device), own.long()], dim=1)
     with torch.no_grad():
-        prefix = torch.cat([m.embed_tokens(torch.tensor(encs[0].input_ids[:k], device=device)), feats[0].to(lm.dtype)])
-        P = prefix.shape[0]
-        past = lm(inputs_embeds=prefix[None], position_ids=torch.arange(P, device=device)[None], use_cache=True).past_key_values
-        rest = [e.input_ids[k + 1 :] for e in encs]
-        L = max(len(r) for r in rest)
-        ids = torch.zeros(len(encs), L, dtype=torch.long, device=device)
-        labels = torch.full((len(encs), L), IGNORE_INDEX, dtype=torch.long, device=device)
-        mask = torch.zeros(len(encs), P + L, dtype=torch.long, device=device)
-        mask[:, :P] = 1
-        for b, (e, r) in enumerate(zip(encs, rest)):
-            ids[b, : len(r)] = torch.tensor(r, device=device)
-            labels[b, : len(r)] = torch.tensor(e.labels[k + 1 :], device=device)
-            mask[b, P : P + len(r)] = 1
         cache = copy.deepcopy(past)
         cache.batch_repeat_interleave(len(encs))
-        logits = lm(inputs_embeds=m.embed_tokens(ids), attention_mask=mask, position_ids=(P + torch.arange(L, device=device))[None].expand(len(encs), -1),
-                    past_key_values=cache, use_cache=True).logits
+        positions = (P + torch.arange(ids.shape[1], device=device))[None].expand(len(encs), -1)
+        logits = lm(inputs_embeds=m.embed_tokens(ids), attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True).logits
     return _exp_mean_logprob(logits, labels)
 
 
@@ -139,13 +148,14 @@ def vqascore_pairs(vlm, images: list, texts_per_image: list[list[str]], *, quest
         with torch.no_grad():
             feats = vlm.model.image_features(pixels) if share != "none" else None
         k = _prefix_length(encs) if share == "prefix" and encs else None
-        if k is not None and k + 1 + feats.shape[1] + max(len(e.input_ids) for e in encs) > vlm.model.max_length:
+        if k is not None and max(len(e.input_ids) for e in encs) - 1 + feats.shape[1] > vlm.model.max_length:
             k = None  # a prompt longer than the model's max_length is cut as in training: no cache
+        prefix = _prefix_cache(vlm, encs, k, feats) if k is not None else None
         scores = []
         for i in range(0, len(encs), batch_size):
             chunk = encs[i : i + batch_size]
-            if k is not None:
-                scores.append(_cached_scores(vlm, chunk, k, feats))
+            if prefix is not None:
+                scores.append(_cached_scores(vlm, chunk, k, prefix))
             elif share != "none":
                 scores.append(_batch_scores(vlm, chunk, feats.expand(len(chunk), -1, -1), None))
             else:
@@ -239,18 +249,12 @@ def evaluate(vlm, spec: dict, eval_tasks: dict, batch_size: int = 32, progress=N
     """Winoground-style: text / image / group (strict >, chance 1/4, 1/4, 1/6) and per-example scores;
     text-to-image: the mean score and one score per prompt row."""
     kw = {"question": spec.get("question", QUESTION), "answer": spec.get("answer", ANSWER), "batch_size": batch_size}
-    if "task" in spec:
-        from sailflow.evaluate.kinds.winoground import CHANCE, pair_examples, winoground_outcomes, winoground_scores
+    if "task" in spec:  # check_spec made sure it is a winoground task
+        from sailflow.evaluate.kinds.winoground import KIND, scored
 
         target = eval_tasks[spec["task"]]
-        from sailflow.evaluate.kinds import kind_of
-
-        data = kind_of(target, spec["task"]).load(target, spec["task"])
-        s = winoground_matrix(vlm, data, progress=progress, **kw)
-        metrics = winoground_scores(s, data.groups)
-        return {"metrics": metrics, "chance": {k: CHANCE[k.split("/")[0]] for k in metrics},
-                "counts": {"examples": len(data.images0)}, "tie_rule": "strict >: a tie counts as wrong",
-                "examples": pair_examples(s, data, winoground_outcomes(s))}
+        data = KIND.load(target, spec["task"])
+        return {**scored(winoground_matrix(vlm, data, progress=progress, **kw), data), "tie_rule": KIND.tie_rule}
     images, prompts = read_prompts(spec)
     rows = vqascore_pairs(vlm, images, [[p] for p in prompts], progress=progress, **kw)
     scores = [float(r[0]) for r in rows]

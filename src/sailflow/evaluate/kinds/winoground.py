@@ -74,7 +74,12 @@ def pair_examples(s: torch.Tensor, data: Pairs, outcomes: dict[str, torch.Tensor
 def evaluate(model, data: Pairs) -> dict:
     """Metrics, with chance per metric (per-group metrics have their overall metric's chance), and
     ``examples`` for the report (see :func:`pair_examples`)."""
-    s = pair_scores(model, data)
+    return scored(pair_scores(model, data), data)
+
+
+def scored(s: torch.Tensor, data: Pairs) -> dict:
+    """:func:`evaluate`'s result from any ``[N, 2, 2]`` caption x image scores of ``data`` (cosine
+    similarities, VQAScores, ...)."""
     metrics = winoground_scores(s, data.groups)
     return {"metrics": metrics,
             "counts": {"examples": len(data.images0)}, "chance": {k: CHANCE[k.split("/")[0]] for k in metrics},
