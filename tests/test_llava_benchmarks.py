@@ -86,7 +86,7 @@ def test_prompt_settings_and_files_default_to_the_reference():
     assert prompt_settings(pope) == {"suffix": "", "max_new_tokens": 8}
     assert spec_files({"kind": "vqav2", "questions": "q", "images": "i"}) == ["q", "i"]
     assert spec_files({"kind": "mme", "questions": "q", "images": "i", "annotations": "a"}) == ["q", "i", "a"]
-    assert set(bm.KINDS) == {"vqav2", "gqa", "textvqa", "vizwiz", "pope", "mmbench", "seed", "scienceqa", "mme"}
+    assert set(bm.KINDS) == {"vqav2", "gqa", "textvqa", "vizwiz", "pope", "mmbench", "seed", "scienceqa", "mme", "quilt_vqa"}
 
 
 def test_strip_suffix_removes_one_known_suffix():

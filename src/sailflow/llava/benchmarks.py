@@ -17,16 +17,20 @@ A ``llava_eval_tasks:`` entry is ``{"kind": <kind>, <that kind's keys>}`` (``KIN
                + images
     mme        questions (llava_mme.jsonl) + images   the release's question/answer .txt files  mme/<subtask>.txt (eval_tool's
                                                       (annotations; default: images)            calculation.py --results_dir)
+    quilt_vqa  questions JSONL (quiltvqa_test_wo_ans  annotations (quiltvqa_test_w_ans.json:    -
+               .jsonl) + images                       answer, answer_type, yes_no_answer)
 
 Every kind also takes ``suffix`` (the response-format instruction appended to each question; default
-the reference's) and ``max_new_tokens`` (default the reference's: 128 for the ``model_vqa_loader``
-benchmarks, 1024 for MMBench and ScienceQA). :class:`Item` holds the question *without* the suffix:
+the reference's; none for Quilt-VQA, whose ``model_vqa`` uses the file's text as is) and
+``max_new_tokens`` (default the reference's: 128 for the ``model_vqa_loader`` benchmarks, 1024 for
+MMBench, ScienceQA and Quilt-VQA). :class:`Item` holds the question *without* the suffix:
 a known reference suffix at the end of the file's text is stripped, so the prompt is always
 ``question + suffix``.
 
 Metrics are fractions in [0, 1] (MME: its own points, max 200 per subtask), named ``<metric>`` over the
 set and ``<metric>/<group>`` per group (answer type, category, ...); ``chance`` is what a uniform random
-guesser scores. Every question must be answered exactly once; upload files are written (atomically)
+guesser scores (Quilt-VQA's closed questions: the majority rate, see ``_score_quilt_vqa``; its open
+metrics have none). Every question must be answered exactly once; upload files are written (atomically)
 only after every check passed. A malformed file raises :class:`BenchmarkError` naming the file and
 the question id, row or line.
 """
@@ -167,6 +171,17 @@ KINDS: dict[str, dict] = {
         "paths": ["questions", "images", "annotations"],
         "defaults": {"suffix": SHORT_ANSWER_SUFFIX, "max_new_tokens": 128},
         "headline": "perception",
+    },
+    "quilt_vqa": {
+        "keys": {"questions": f"{_QUESTIONS}, e.g. quiltvqa_test_wo_ans.jsonl (Quilt-VQA-RED: quiltvqa_red_test_wo_ans.jsonl)",
+                 "images": f"{_IMAGES} (Quilt-VQA's images)",
+                 "annotations": "the gold answers, e.g. quiltvqa_test_w_ans.json (a JSON array: id = question_id, answer, "
+                                "answer_type OPEN | other | CLOSED, and for CLOSED yes_no_answer (else answer) yes/no)",
+                 **_COMMON},
+        "required": ["questions", "images", "annotations"],
+        "paths": ["questions", "images", "annotations"],
+        "defaults": {"suffix": "", "max_new_tokens": 1024},
+        "headline": "recall/open",
     },
 }
 _CHOICES = {"normalize": ("evalai", "official")}
@@ -699,6 +714,82 @@ def _score_pope(spec: dict, items: list[Item], texts: list[str]) -> dict:
     return {"metrics": metrics, "chance": chance, "counts": counts, "writes": [], "judged": judged}
 
 
+def _quilt_gold(path) -> dict[str, tuple[dict, str]]:
+    """Quilt-VQA's gold answers (``quiltvqa_test_w_ans.json``: a JSON array of ``{id, answer, answer_type,
+    ...}``) by str(id), each with where it is, for error messages."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise BenchmarkError(f"{path}: expected Quilt-VQA gold answers (a JSON array of {{id, answer, answer_type, ...}})")
+    table = {}
+    for k, entry in enumerate(data):
+        where = f"{path}, entry {k}"
+        if not isinstance(entry, dict):
+            raise BenchmarkError(f"{where}: expected an object")
+        qid = _get(entry, "id", where, (int, str))
+        where += f" (id {qid!r})"
+        if str(qid) in table:
+            raise BenchmarkError(f"{where}: id {qid!r} appears twice (first at {table[str(qid)][1]})")
+        table[str(qid)] = (entry, where)
+    return table
+
+
+def _score_quilt_vqa(spec: dict, items: list[Item], texts: list[str]) -> dict:
+    """Quilt-LLaVA's ``quilt_eval.py``, each question joined with its gold answer by id (the reference
+    asserts that the gold and the model's answers list the same ids in the same order and zips them).
+
+    OPEN questions (answer_type OPEN or other): the means over them of ``quilt_open_scores`` against
+    ``answer``: ``exact_match/open``, ``precision/open``, ``recall/open`` (the paper's open-set
+    recall), ``f1/open``. No chance level: an open answer has no finite set to guess from.
+    CLOSED questions: ``accuracy/closed``, ``quilt_closed_parse`` against ``yes_no_answer`` (Quilt-VQA;
+    the reference's ``--quilt``), else the normalised ``answer`` (the reference without it), which must be
+    yes or no.
+
+    Chance for ``accuracy/closed`` is the majority rate (the accuracy of always giving the commoner gold
+    answer), not a coin flip's 0.5: the closed questions are not balanced, and the parser turns every
+    answer without "no"/"not" (a refusal, an empty text) into 'yes', so a model that never commits
+    already scores the yes rate. Unlike the reference, predictions are not cut to the length of an
+    ``--anchor`` file's answers (its default names a file, so the cut happens unless disabled).
+    Gold entries for ids outside the question file are ignored, as the other kinds ignore annotations."""
+    path = spec["annotations"]
+    table = _quilt_gold(path)
+    open_scores, closed, judged = [], [], []
+    for it, t in zip(items, texts):
+        hit = table.get(str(it.question_id))
+        if hit is None:
+            raise BenchmarkError(f"{path}: no gold answer for question {it.question_id!r} of {spec['questions']}")
+        entry, where = hit
+        answer_type = _get(entry, "answer_type", where)
+        if answer_type in ("OPEN", "other"):
+            gold = _get(entry, "answer", where)
+            s = scorers.quilt_open_scores(t, gold)
+            open_scores.append(s)
+            judged.append((gold, s["recall"]))
+        elif answer_type == "CLOSED":
+            if "yes_no_answer" in entry:
+                gold = _get(entry, "yes_no_answer", where).strip().lower()
+            else:
+                gold = scorers.quilt_normalize(_get(entry, "answer", where))
+            if gold not in ("yes", "no"):
+                raise BenchmarkError(f"{where}: a CLOSED question's answer must be yes or no, not "
+                                     f"{entry.get('yes_no_answer', entry.get('answer'))!r}")
+            right = scorers.quilt_closed_parse(t) == gold
+            closed.append((gold, right))
+            judged.append((gold, float(right)))
+        else:
+            raise BenchmarkError(f"{where}: answer_type {answer_type!r} is not OPEN, other or CLOSED")
+    metrics, chance = {}, {}
+    if open_scores:
+        for k in ("exact_match", "precision", "recall", "f1"):
+            metrics[f"{k}/open"] = _mean(s[k] for s in open_scores)
+    if closed:
+        yes_rate = _mean(g == "yes" for g, _ in closed)
+        metrics["accuracy/closed"] = _mean(right for _, right in closed)
+        chance["accuracy/closed"] = max(yes_rate, 1 - yes_rate)
+    counts = {"questions": len(items), "open": len(open_scores), "closed": len(closed),
+              "closed_yes": sum(g == "yes" for g, _ in closed)}
+    return {"metrics": metrics, "chance": chance, "counts": counts, "writes": [], "judged": judged}
+
+
 def _score_mmbench(spec: dict, items: list[Item], texts: list[str]) -> dict:
     """The choice of each answer by MMBench's rules (``mc_extract``, no GPT fallback); ``accuracy``:
     the questions' single pass (rows with index < 1e6), ``circular_accuracy``: a question counts only
@@ -905,8 +996,10 @@ def examples(items: list[Item], texts: list[str], judged: list | None, n: int = 
 _LOADERS: dict[str, Callable[[dict], list[Item]]] = {
     "vqav2": _jsonl_items, "gqa": _jsonl_items, "textvqa": _load_textvqa, "vizwiz": _jsonl_items, "pope": _load_pope,
     "mmbench": _load_mmbench, "seed": _jsonl_items, "scienceqa": _load_scienceqa, "mme": _load_mme,
+    "quilt_vqa": _jsonl_items,
 }
 _SCORERS: dict[str, Callable[[dict, list, list], dict]] = {
     "vqav2": _score_vqav2, "gqa": _score_gqa, "textvqa": _score_textvqa, "vizwiz": _score_vizwiz, "pope": _score_pope,
     "mmbench": _score_mmbench, "seed": _score_seed, "scienceqa": _score_scienceqa, "mme": _score_mme,
+    "quilt_vqa": _score_quilt_vqa,
 }

@@ -5,6 +5,8 @@
                               official ``vqaEval.py`` rule; ``vqa_chance`` for a uniform guesser
     GQA                       ``gqa_match``: LLaVA's ``convert_gqa_for_eval`` + the official exact match
     POPE                      ``pope_parse`` / ``pope_metrics`` (LLaVA ``eval_pope.py``)
+    Quilt-VQA                 ``quilt_normalize``, ``quilt_open_scores`` (exact match, token P/R/F1) and
+                              ``quilt_closed_parse`` (Quilt-LLaVA ``quilt_eval.py``)
     MMBench                   ``mc_extract`` (the rule-based part of MMBench's matcher, no GPT),
                               ``circular_accuracy`` and ``mmbench_main_index`` (CircularEval)
     SEED-Bench                ``seed_match`` (LLaVA ``convert_seed_for_submission.py``)
@@ -19,7 +21,7 @@ on MME's own scale (max 200 per subtask).
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -180,10 +182,13 @@ def gqa_match(pred: str, gold: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def pope_parse(text: str) -> str:
+def pope_parse(text: str, first_sentence: bool = True) -> str:
     """LLaVA ``eval_pope.py``: keep the text before the first '.', delete commas, split on ' ';
-    'no' if any word is exactly 'No', 'not' or 'no', else 'yes' (so "" and "Not really" are 'yes')."""
-    words = text.split(".")[0].replace(",", "").split(" ")
+    'no' if any word is exactly 'No', 'not' or 'no', else 'yes' (so "" and "Not really" are 'yes').
+    ``first_sentence=False`` reads the whole text, as Quilt-LLaVA's copy of the parser does."""
+    if first_sentence:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
     return "no" if any(w in ("No", "not", "no") for w in words) else "yes"
 
 
@@ -218,6 +223,61 @@ def pope_metrics(preds: list[str], labels: list[str]) -> dict:
         "acc": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
         "yes_ratio": parsed.count("yes") / n,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Quilt-VQA (Quilt-LLaVA ``llava/eval/quilt_eval.py``)
+# ---------------------------------------------------------------------------------------------
+
+
+def quilt_normalize(text: str) -> str:
+    """Quilt-LLaVA's ``normalize_word`` of the lower-cased text. It is ``vqa_normalize`` (vqaEval.py's
+    punctuation rule, periods not followed by a digit dropped, number words none/zero..ten -> digits,
+    a/an/the dropped, contractions expanded, single spaces); its last step, deleting commas, finds none
+    left. "The Nucleus." -> "nucleus", "A, B and C" -> "b and c", "1,000 cells" -> "1000 cells"."""
+    return vqa_normalize(text.lower())
+
+
+def _quilt_words(text: str) -> Counter:
+    # quilt_eval.py normalises both texts, then each metric normalises its inputs again; the second
+    # pass changes only a text that still has periods after the first (more than 32 of them).
+    return Counter(quilt_normalize(quilt_normalize(text)).split())
+
+
+def quilt_open_scores(pred: str, gold: str) -> dict:
+    """The OPEN-question scores of one answer, as Quilt-LLaVA computes them (``calculate_exactmatch``,
+    ``calculate_f1score``), each in [0, 1]. With C and R the word counts of the normalised
+    prediction (candidate) and gold answer (reference), split on whitespace:
+
+        exact_match = #distinct words of R found in C / (number of words of C)
+        precision   = tp / (tp + fp),  recall = tp / (tp + fn),  f1 = 2 P R / (P + R)
+        tp = sum of C[w] over words in both (the *candidate's* count, in recall too),
+        fp = sum of C[w] over words only in C,  fn = sum of R[w] over words only in R.
+
+    So "exact match" is a precision over distinct gold words ("carcinoma" for "squamous cell
+    carcinoma" scores 1), and a repeated word counts in recall by its repeats ("cell cell cell" for
+    "cell nucleus": recall 3/4). Everything is 0 when C is empty; precision, recall and f1 are 0
+    when R is empty or tp = 0. The paper's "open-set recall" is ``recall``.
+    """
+    cand, ref = _quilt_words(pred), _quilt_words(gold)
+    total = sum(cand.values())
+    if total == 0:
+        return {"exact_match": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    exact = sum(w in cand for w in ref) / total
+    tp = sum(n for w, n in cand.items() if w in ref)
+    fn = sum(n for w, n in ref.items() if w not in cand)
+    if not ref or tp == 0:
+        return {"exact_match": exact, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    precision, recall = tp / total, tp / (tp + fn)
+    return {"exact_match": exact, "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall)}
+
+
+def quilt_closed_parse(pred: str) -> str:
+    """'yes'/'no' of an answer to a CLOSED question, as Quilt-LLaVA reads it: ``quilt_normalize`` (once),
+    then the POPE parser on the whole text (Quilt comments the first-sentence cut out). So "No." and
+    "NO!" are 'no', "Yes. There is no necrosis." is 'no', and "", "Nope" and "None" (-> "0") are 'yes'."""
+    return pope_parse(quilt_normalize(pred), first_sentence=False)
 
 
 # ---------------------------------------------------------------------------------------------

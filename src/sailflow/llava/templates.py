@@ -1,6 +1,7 @@
 """Conversation templates: LLaVA JSON conversations -> ``input_ids`` + ``labels`` (label masking).
 
-Three templates, each a :class:`Template` bound to one tokenizer (no module-level state):
+Six templates, each a :class:`Template` bound to one tokenizer (no module-level state); three for a
+decoder-only LLM, which give an :class:`Encoded` (``input_ids`` and ``labels`` aligned):
 
     plain  stage 1 (projector alignment): [bos] <image> caption "\\n"; the human text is discarded;
            the caption and its "\\n" are supervised, no EOS (LLaVA's ``preprocess_plain``)
@@ -9,7 +10,16 @@ Three templates, each a :class:`Template` bound to one tokenizer (no module-leve
     chat   the tokenizer's own ``chat_template`` (e.g. Qwen2's ChatML); each assistant content and
            the template's end-of-turn token after it are supervised
 
-Every template builds the text as a list of segments (text or token ids, supervised or not), tokenizes
+and three for an encoder-decoder LLM (CLIP-FlanT5, a Flan-T5), which give a :class:`Seq2SeqEncoded`:
+encoder ids (with the image) and decoder labels (one answer + ``</s>``), two separate sequences:
+
+    t5_plain             stage 1, no split: encoder "<image>", decoder the caption
+    t5_plain_split_text  stage 1 (CLIP-FlanT5's default): encoder "<image>" + a random character prefix
+                         of the caption, decoder the rest of it; re-drawn per sample and epoch, seeded
+    t5_v1                stage 2: encoder "{system} USER: {q} ASSISTANT: ", decoder the last answer;
+                         the data is flattened to single turns first (:func:`flatten_single_turns`)
+
+Every decoder-only template builds the text as a list of segments (text or token ids, supervised or not), tokenizes
 each segment once and concatenates the ids, so a label boundary is right by construction; LLaVA's
 reference code tokenizes rounds again and trusts lengths to add up, which silently zeroes samples when
 they do not (pitfall 1). As a check, the joint text is also tokenized in one go; a difference is
@@ -18,10 +28,16 @@ counted in ``Template.mismatches`` (the caller warns), the concatenation is stil
 ``<image>`` (:data:`IMAGE_PLACEHOLDER`) is a marker in the record text, never a vocabulary token: it
 becomes one :data:`IMAGE_TOKEN_INDEX` in ``input_ids``, which the model replaces with the vision
 tower's N embeddings. :func:`truncate` cuts an encoded sample to the LLM's context, counting those N.
+
+The T5 templates tokenize as CLIP-FlanT5 does (``t5_tokenizer_image_token``): the text is cut at
+``<image>`` and each chunk is tokenized alone, and T5 appends ``</s>`` to every text, so each chunk
+ends in ``</s>``, including the one before the image (see :meth:`T5Template._t5_ids`).
 """
 
 from __future__ import annotations
 
+import copy
+import random
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
@@ -41,6 +57,15 @@ class Encoded:
 
     input_ids: list[int]  # one IMAGE_TOKEN_INDEX per image placeholder
     labels: list[int]  # same length; IGNORE_INDEX where not supervised
+
+
+@dataclass
+class Seq2SeqEncoded:
+    """One tokenized sample for an encoder-decoder LLM (T5), before the image is spliced in. The two
+    lists are separate sequences (T5's ``input_ids`` and ``labels``), of different lengths."""
+
+    input_ids: list[int]  # encoder ids; one IMAGE_TOKEN_INDEX per image placeholder; nothing supervised
+    labels: list[int]  # decoder targets: the answer's ids + eos, all supervised (padding adds IGNORE_INDEX)
 
 
 class TemplateError(ValueError):
@@ -93,6 +118,38 @@ def move_image_first(turns: list[dict], has_image: bool) -> list[dict]:
             value = value.replace(IMAGE_PLACEHOLDER, "").strip()
         out.append({**t, "value": value})
     out[0]["value"] = (IMAGE_PLACEHOLDER + "\n" + out[0]["value"]).strip()
+    return out
+
+
+def flatten_single_turns(record: dict) -> list[dict]:
+    """CLIP-FlanT5's ``convert_multi_turn_to_single_turn``: a LLaVA JSON record -> one record per
+    (human, gpt) pair, since an encoder-decoder sample supervises one answer.
+
+    A record of two messages is returned as it is. Otherwise pair k becomes a copy of the record
+    (``image`` and other keys kept) with that pair as its ``conversations``; with an image, each pair
+    after the first gets ``"<image>\\n"`` in front of its question, so every turn sees the image. Pair
+    0 keeps the record's ``id``, pair k >= 1 gets ``"{id}-turn{k}"``.
+
+    On purpose, unlike the reference script: it gives every pair the same ``id`` (ids must be unique
+    here); it prepends ``"<image>\\n"`` to text-only records too, where it stays literal text (our
+    templates refuse ``<image>`` in a text-only record); it pairs a leading gpt turn with the next
+    human turn, which its trainer then cannot encode (here it is dropped first, as every template
+    does). A record that does not then alternate human/gpt is a :class:`TemplateError`."""
+    conversations = record["conversations"]
+    if len(conversations) == 2:
+        return [record]
+    turns = conversation_turns(conversations)
+    has_image = "image" in record
+    out = []
+    for k in range(len(turns) // 2):
+        question, answer = dict(turns[2 * k]), dict(turns[2 * k + 1])
+        if k and has_image and IMAGE_PLACEHOLDER not in question["value"]:
+            question["value"] = IMAGE_PLACEHOLDER + "\n" + question["value"]
+        pair = copy.deepcopy({key: value for key, value in record.items() if key != "conversations"})
+        pair["conversations"] = [question, answer]
+        if k and "id" in record:
+            pair["id"] = f"{record['id']}-turn{k}"
+        out.append(pair)
     return out
 
 
@@ -340,19 +397,164 @@ class ChatTemplate(Template):
         return [self.end_of_turn_id] + ([eos] if eos is not None and eos != self.end_of_turn_id else [])
 
 
-TEMPLATES = {"plain": PlainTemplate, "v1": VicunaTemplate, "chat": ChatTemplate}
+class T5Template(Template):
+    """Base of the encoder-decoder (Flan-T5) templates: :meth:`encode` gives a :class:`Seq2SeqEncoded`,
+    the encoder ids with the image and the decoder labels (the answer + ``</s>``), tokenized as
+    CLIP-FlanT5 does. Needs a T5 tokenizer: one that appends ``</s>`` to a text and adds nothing in front."""
+
+    def __init__(self, tokenizer):
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"template {self.name} needs a tokenizer with an eos token (T5's </s>)")
+        super().__init__(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        probe = "USER: Hi there ASSISTANT: Yes"
+        if tokenizer(probe).input_ids != self._encode(probe) + [self.eos]:
+            raise ValueError(f"template {self.name} needs a T5 tokenizer, which appends {tokenizer.eos_token!r} to every "
+                             f"text and adds nothing in front; {type(tokenizer).__name__} gives "
+                             f"{tokenizer.convert_ids_to_tokens(tokenizer(probe).input_ids)} for {probe!r}")
+
+    def encode(self, conversations: list[dict], has_image: bool, *, index: int = 0, epoch: int = 0) -> Seq2SeqEncoded:
+        """``conversations`` as in LLaVA JSON. ``index`` and ``epoch`` matter only to templates that
+        draw at random (``t5_plain_split_text``): the sample's place in the data set and the epoch."""
+        raise NotImplementedError
+
+    def _t5_ids(self, text: str) -> list[int]:
+        """``text`` -> encoder or decoder ids as CLIP-FlanT5's ``t5_tokenizer_image_token``: cut at each
+        ``<image>``, each chunk tokenized alone (no truncation), chunks joined by one IMAGE_TOKEN_INDEX.
+
+        Quirk kept on purpose: T5's tokenizer appends ``</s>`` to every text it tokenizes, so *every*
+        chunk ends in ``</s>``, the one in front of the image too: "Q: <image>\\nA" ->
+        [ids("Q:"), </s>, IMAGE, ids("A"), </s>], and "<image>" alone -> [</s>, IMAGE, </s>]. The released
+        CLIP-FlanT5 checkpoints were trained on exactly these ids. (T5 has no newline: "\\n" is a space.)"""
+        ids: list[int] = []
+        for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if k:
+                ids.append(IMAGE_TOKEN_INDEX)
+            ids += self._encode(chunk) + [self.eos]
+        return ids
+
+    def _t5_text_only_ids(self, text: str) -> list[int]:
+        """The reference's text-only path, ``tokenizer(text, truncation=True, max_length=model_max_length)``:
+        one piece, cut on the right to ``model_max_length`` ids with the ``</s>`` kept last."""
+        ids = self._encode(text)
+        limit = self.tokenizer.model_max_length
+        return (ids if len(ids) < limit else ids[: limit - 1]) + [self.eos]
+
+    def _plain_caption(self, conversations, has_image) -> str:
+        """Stage 1's checks (as :class:`PlainTemplate`); the caption. The human text is discarded."""
+        turns = conversation_turns(conversations)
+        if not has_image:
+            raise TemplateError("plain_text_only", f"the {self.name} template (stage 1) needs an image record")
+        if len(turns) != 2:
+            raise TemplateError("plain_multi_turn", f"the {self.name} template (stage 1) takes one human/gpt pair, got {len(turns)} turns")
+        move_image_first(turns, has_image)  # only its checks
+        return turns[1]["value"]  # + the template's separator, "" in CLIP-FlanT5
+
+    def prompt(self, question: str, has_image: bool) -> list[int]:
+        """Generation prompt: the encoder ids (the decoder starts from T5's decoder start token). Stage 1
+        discards the question, as in training: "<image>" -> [</s>, IMAGE, </s>]."""
+        return self._t5_ids(IMAGE_PLACEHOLDER if has_image else "")
 
 
-def get_template(name: str, tokenizer) -> Template:
-    """The template ``name`` ("plain" | "v1" | "chat") bound to ``tokenizer``."""
+class T5PlainTemplate(T5Template):
+    """Stage 1 without the split ("no-split-text" ablation): encoder ``[</s>, IMAGE, </s>]`` (the text
+    "<image>": an empty chunk, the image, an empty chunk); labels ``[caption ids..., </s>]``."""
+
+    name = "t5_plain"
+
+    def encode(self, conversations, has_image, *, index=0, epoch=0):
+        caption = self._plain_caption(conversations, has_image)
+        return Seq2SeqEncoded(self._t5_ids(IMAGE_PLACEHOLDER), self._t5_ids(caption))
+
+
+def caption_split(caption: str, *, seed: int, epoch: int, index: int) -> int:
+    """Where ``t5_plain_split_text`` cuts ``caption`` (in characters): 0 for a caption shorter than 2,
+    else uniform in ``[1, len // 2]`` (CLIP-FlanT5's ``random.randint(1, text_len // 2)``).
+
+    Seeding: the draw for sample ``index`` in epoch ``epoch`` comes from its own
+    ``random.Random(f"t5_plain_split_text:{seed}:{epoch}:{index}")`` (a str seed is hashed with
+    SHA-512: the same in every process and Python version, unlike ``hash()``). So a split depends
+    only on (seed, epoch, index): the same in every worker and on a resume, different across samples
+    and epochs; and (epoch 1, index 0) does not reuse (epoch 0, index 1)'s draw, as seed + epoch +
+    index would. The reference draws from the global ``random`` in each ``__getitem__`` (unseeded)."""
+    if len(caption) < 2:
+        return 0
+    return random.Random(f"t5_plain_split_text:{seed}:{epoch}:{index}").randint(1, len(caption) // 2)
+
+
+class T5PlainSplitTextTemplate(T5Template):
+    """Stage 1, CLIP-FlanT5's default: the caption is cut at a random character (it may fall inside a
+    word) by :func:`caption_split`; the encoder gets the image and the prefix, the decoder the rest::
+
+        encoder [</s>, IMAGE, ids(caption[:split])..., </s>]    labels [ids(caption[split:])..., </s>]
+
+    Each part is tokenized alone, so the rest of a cut word starts a new word for T5 ("▁uare"), as in
+    the reference. The split is re-drawn per (``epoch``, ``index``) of :meth:`encode`, from ``seed``."""
+
+    name = "t5_plain_split_text"
+
+    def __init__(self, tokenizer, seed: int = 0):
+        super().__init__(tokenizer)
+        self.seed = seed
+
+    def encode(self, conversations, has_image, *, index=0, epoch=0):
+        caption = self._plain_caption(conversations, has_image)
+        split = caption_split(caption, seed=self.seed, epoch=epoch, index=index)
+        return Seq2SeqEncoded(self._t5_ids(IMAGE_PLACEHOLDER + caption[:split]), self._t5_ids(caption[split:]))
+
+
+class T5VicunaTemplate(T5Template):
+    """Stage 2, CLIP-FlanT5's ``t5_v1`` (``get_t5_input`` / ``get_t5_output``): the encoder gets the
+    conversation up to the last answer, the decoder the last answer alone (no role, no separator)::
+
+        encoder "{system} USER: <image>\\n{q} ASSISTANT: "    labels "{a}" + </s>
+
+    With earlier rounds (a record not flattened) they stay in the encoder text, "USER: {q} ASSISTANT:
+    {a} " each, and only the last answer is supervised: flatten with :func:`flatten_single_turns`.
+    With an image the text is cut at ``<image>`` (an ``</s>`` before the image); text-only, it is
+    tokenized in one piece, cut to ``model_max_length`` (both as the reference)."""
+
+    name = "t5_v1"
+    system = VICUNA_SYSTEM
+
+    def _encoder_text(self, turns: list[dict]) -> str:
+        text = self.system + " "
+        for k, turn in enumerate(turns[:-1]):
+            text += ("USER: ", "ASSISTANT: ")[k % 2] + turn["value"] + " "
+        return text + "ASSISTANT: "
+
+    def encode(self, conversations, has_image, *, index=0, epoch=0):
+        turns = move_image_first(conversation_turns(conversations), has_image)
+        encoder_text, answer = self._encoder_text(turns), turns[-1]["value"]
+        if has_image:
+            return Seq2SeqEncoded(self._t5_ids(encoder_text), self._t5_ids(answer))
+        return Seq2SeqEncoded(self._t5_text_only_ids(encoder_text), self._t5_text_only_ids(answer))
+
+    def prompt(self, question, has_image):
+        """The encoder ids of "{system} USER: [<image>\\n]{question} ASSISTANT: "."""
+        text = (IMAGE_PLACEHOLDER + "\n" + question) if has_image else question
+        return self._t5_ids(self._encoder_text([{"from": "human", "value": text}, {"from": "gpt", "value": ""}]))
+
+
+TEMPLATES = {"plain": PlainTemplate, "v1": VicunaTemplate, "chat": ChatTemplate,
+             "t5_plain": T5PlainTemplate, "t5_plain_split_text": T5PlainSplitTextTemplate, "t5_v1": T5VicunaTemplate}
+
+
+def get_template(name: str, tokenizer, *, seed: int = 0) -> Template:
+    """The template ``name`` ("plain" | "v1" | "chat" | "t5_plain" | "t5_plain_split_text" | "t5_v1")
+    bound to ``tokenizer``. ``seed``: for ``t5_plain_split_text``'s random caption splits (others draw
+    nothing)."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
+    if TEMPLATES[name] is T5PlainSplitTextTemplate:
+        return T5PlainSplitTextTemplate(tokenizer, seed=seed)
     return TEMPLATES[name](tokenizer)
 
 
-def truncate(enc: Encoded, n_image_tokens: int, max_length: int) -> Encoded | None:
+def truncate(enc: Encoded | Seq2SeqEncoded, n_image_tokens: int, max_length: int) -> Encoded | Seq2SeqEncoded | None:
     """Cut ``enc`` at the end so that, with each image expanded to ``n_image_tokens`` positions, it
-    fits ``max_length``: spliced length = ``len(ids) - n_img + n_img * n_image_tokens``.
+    fits ``max_length``: spliced length = ``len(ids) - n_img + n_img * n_image_tokens``. A
+    :class:`Seq2SeqEncoded`: the encoder ids so, and the decoder labels on their own to ``max_length``.
 
     None when the cut would fall inside an image span or would leave no supervised token (the caller
     counts it); ``enc`` itself when it fits (and has a supervised token)."""
@@ -365,6 +567,11 @@ def truncate(enc: Encoded, n_image_tokens: int, max_length: int) -> Encoded | No
             break
         kept += 1
         length += width
+    if isinstance(enc, Seq2SeqEncoded):
+        if kept == len(enc.input_ids) and len(enc.labels) <= max_length:
+            return enc if enc.labels else None
+        cut = Seq2SeqEncoded(enc.input_ids[:kept], enc.labels[:max_length])
+        return cut if cut.labels else None
     if kept == len(enc.input_ids):
         out = enc
     else:
