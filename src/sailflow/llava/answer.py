@@ -10,7 +10,11 @@ The protocol is LLaVA-1.5's (``docs/Evaluation.md``): greedy decoding (temperatu
 run's template (vicuna_v1 for LLaVA-1.5), ``"<image>\\n" + question + suffix``, images preprocessed as
 in training. Unlike the reference (batch size 1) questions are batched with left padding, which gives
 the same answers (tests/test_llava_eval.py); they are sorted by prompt length first so a batch holds
-prompts of similar length, and written back in question order.
+prompts of similar length, and written back in question order. An encoder-decoder run (CLIP-FlanT5:
+``t5_v1``) is answered the same way: the prompt is the encoder's input (right-padded: T5's position
+bias is relative, so padding changes nothing), the decoder generates greedily from its start token
+(tests/test_llava_t5.py checks batched = one at a time). CLIP-FlanT5's own VQA loader is unfinished
+(it drops ``max_new_tokens``); here the settings apply as for any run.
 
 On several devices the questions are split into contiguous chunks (``ceil(n / K)``, as the reference's
 ``--num-chunks``), one process per device, and the parts are merged back in question order.

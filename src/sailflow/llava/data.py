@@ -8,7 +8,9 @@ white image for a missing file).
 
 :class:`LlavaDataset` encodes every record once at construction with a :class:`~sailflow.llava.templates.Template`
 and cuts it to ``max_length`` positions counting the image's ``n_image_tokens``; :func:`collate` pads
-to the right. :class:`ModalityLengthGroupedSampler` is LLaVA's ``group_by_modality_length``: every
+to the right. With an encoder-decoder (T5) template a sample is encoder ids + decoder labels, stage-2
+records are flattened to single turns, and ``t5_plain_split_text`` re-draws its caption split each
+epoch (:meth:`LlavaDataset.set_epoch`). :class:`ModalityLengthGroupedSampler` is LLaVA's ``group_by_modality_length``: every
 optimiser step is all image records or all text-only records, with records of similar length together.
 """
 
@@ -36,6 +38,7 @@ from sailflow.llava.templates import (
     Template,
     TemplateError,
     conversation_turns,
+    flatten_single_turns,
     truncate,
 )
 
@@ -217,6 +220,16 @@ class LlavaDataset(torch.utils.data.Dataset):
     """Item i: ``input_ids`` LongTensor[L], ``labels`` LongTensor[L], ``pixel_values`` FloatTensor[3, H, W]
     (zeros for a text-only record, which still runs through the tower), ``has_image`` bool.
 
+    With an encoder-decoder template (T5: ``template.encoder_decoder``) ``input_ids`` are the encoder's
+    ids (with the image) and ``labels`` LongTensor[T] the decoder's (the answer + ``</s>``, every one
+    supervised), two sequences of their own lengths. A template that supervises one answer per sample
+    (``t5_v1``: ``template.flattens_turns``) gets multi-turn records flattened to one record per
+    (human, gpt) pair first (:func:`~sailflow.llava.templates.flatten_single_turns`, CLIP-FlanT5's
+    converter; counted in the log). A template that draws at random (``t5_plain_split_text``:
+    ``template.draws_per_epoch``) re-encodes item i in ``__getitem__`` with ``index=i`` and the epoch of
+    :meth:`set_epoch` (the trainer calls it at each epoch's start, before the DataLoader starts its
+    workers); lengths and counts are those of epoch 0.
+
     ``preprocess(PIL RGB) -> FloatTensor[3, H, W]`` is the tower's processor (incl. ``pad``);
     ``image_size = (H, W)`` sizes the text-only records' zero image. Every record is encoded once
     here, so lengths are known and ids are stored compactly (one int32 array, shared by DataLoader
@@ -225,9 +238,10 @@ class LlavaDataset(torch.utils.data.Dataset):
     with their end cut; ``mismatches`` counts conversations whose joint tokenization differs from the
     segment-wise one (labels are still right; a tokenizer/template that does not suit each other).
 
-    ``lengths``: positions after splicing the image in (text tokens + ``n_image_tokens``);
-    ``modality_lengths``: +length for image records, -length for text-only (LLaVA counts words; we
-    count tokens, the quantity that actually fills the context)."""
+    ``lengths``: positions after splicing the image in (text tokens + ``n_image_tokens``; an
+    encoder-decoder: encoder positions + decoder labels); ``modality_lengths``: +length for image
+    records, -length for text-only (LLaVA counts words; we count tokens, the quantity that actually
+    fills the context)."""
 
     def __init__(self, records: list[Record], template: Template, preprocess, n_image_tokens: int, max_length: int,
                  image_size: tuple[int, int], *, on_error: str = "error", log=sys.stderr):
@@ -238,18 +252,23 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.template, self.preprocess = template, preprocess
         self.n_image_tokens, self.max_length = n_image_tokens, max_length
         self.image_size = tuple(image_size)
+        self.seq2seq = bool(template.encoder_decoder)
+        self.epoch = 0
         self.drops: Counter = Counter()
         self.truncated = 0
+        self.flattened = (0, 0)  # (multi-turn records, the single-turn records made of them)
+        if template.flattens_turns:
+            records = self._flatten(records, on_error)
         mismatches_before = template.mismatches
         kept: list[Record] = []
         ids: list[np.ndarray] = []
-        supervised: list[np.ndarray] = []
+        targets: list[np.ndarray] = []  # decoder-only: the supervised mask (bool); encoder-decoder: the labels
         self.lengths: list[int] = []
         self.modality_lengths: list[int] = []
         for rec in records:
             has_image = rec.image is not None
             try:
-                enc = template.encode(rec.conversations, has_image)
+                enc = self._encode(rec, len(kept), 0)  # its index if kept
             except TemplateError as e:
                 if on_error == "error":
                     raise RecordError(rec.source, rec.id, f"template {template.name!r}: {e}", e.reason) from None
@@ -263,8 +282,11 @@ class LlavaDataset(torch.utils.data.Dataset):
             self.truncated += cut is not enc
             kept.append(rec)
             ids.append(np.asarray(cut.input_ids, dtype=np.int32))
-            supervised.append(np.asarray(cut.labels, dtype=np.int64) != IGNORE_INDEX)
-            n = _spliced_length(cut.input_ids, n_image_tokens)
+            if self.seq2seq:
+                targets.append(np.asarray(cut.labels, dtype=np.int32))
+            else:
+                targets.append(np.asarray(cut.labels, dtype=np.int64) != IGNORE_INDEX)
+            n = _spliced_length(cut.input_ids, n_image_tokens) + (len(cut.labels) if self.seq2seq else 0)
             self.lengths.append(n)
             self.modality_lengths.append(n if has_image else -n)
         self.mismatches = template.mismatches - mismatches_before
@@ -273,15 +295,49 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.records = kept
         self._offsets = np.cumsum([0] + [len(a) for a in ids])
         self._ids = np.concatenate(ids)
-        self._supervised = np.concatenate(supervised)
+        self._target_offsets = np.cumsum([0] + [len(a) for a in targets])
+        self._targets = np.concatenate(targets)
         n_image = sum(1 for rec in kept if rec.image is not None)
+        flat = (f", {self.flattened[0]} multi-turn records flattened into {self.flattened[1]} single-turn ones"
+                if template.flattens_turns else "")
         print(f"[llava data] template {template.name}: {len(kept)} records ({n_image} with an image, {len(kept) - n_image} "
-              f"text-only), dropped {sum(self.drops.values())} {dict(sorted(self.drops.items()))}, "
+              f"text-only){flat}, dropped {sum(self.drops.values())} {dict(sorted(self.drops.items()))}, "
               f"truncated {self.truncated}, max_length {max_length} incl. {n_image_tokens} image tokens", file=log)
         if self.mismatches:
             print(f"[llava data] WARNING: {self.mismatches} conversations tokenize differently in one go than segment by "
                   f"segment with template {template.name!r}: labels are right, but the tokenizer may not suit the template",
                   file=log)
+
+    def _flatten(self, records: list[Record], on_error: str) -> list[Record]:
+        """One record per (human, gpt) pair of each multi-turn record (ids ``{id}-turn{k}`` for k >= 1)."""
+        out: list[Record] = []
+        multi, made = 0, 0
+        for rec in records:
+            item = {"id": rec.id, "conversations": rec.conversations, **({"image": rec.image} if rec.image is not None else {})}
+            try:
+                pairs = flatten_single_turns(item)
+            except TemplateError as e:
+                if on_error == "error":
+                    raise RecordError(rec.source, rec.id, f"template {self.template.name!r}: {e}", e.reason) from None
+                self.drops[e.reason] += 1
+                continue
+            if len(pairs) > 1:
+                multi, made = multi + 1, made + len(pairs)
+            out += [Record(str(p["id"]), p.get("image"), p["conversations"], rec.source) for p in pairs]
+        self.flattened = (multi, made)
+        return out
+
+    def _encode(self, rec: Record, index: int, epoch: int):
+        has_image = rec.image is not None
+        if self.seq2seq:
+            return self.template.encode(rec.conversations, has_image, index=index, epoch=epoch)
+        return self.template.encode(rec.conversations, has_image)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that :meth:`__getitem__` encodes for (templates that draw per epoch). Set it before the
+        DataLoader's workers start (they copy the dataset): transformers' Trainer makes new workers each
+        epoch unless ``dataloader_persistent_workers``, which would keep epoch 0's draws."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -290,9 +346,20 @@ class LlavaDataset(torch.utils.data.Dataset):
         """An image that cannot be read is a :class:`RecordError` naming the file and the record id
         (whatever ``on_error``: a map-style dataset cannot skip an item; check images beforehand)."""
         rec = self.records[i]
-        a, b = self._offsets[i], self._offsets[i + 1]
-        input_ids = torch.from_numpy(self._ids[a:b].astype(np.int64))
-        labels = torch.where(torch.from_numpy(self._supervised[a:b]), input_ids, IGNORE_INDEX)
+        if self.template.draws_per_epoch:
+            enc = truncate(self._encode(rec, i, self.epoch), self.n_image_tokens, self.max_length)
+            if enc is None:  # a T5 stage-1 sample always fits once epoch 0's did (the image comes first)
+                raise RecordError(rec.source, rec.id, f"epoch {self.epoch}'s encoding does not fit max_length {self.max_length}",
+                                  "truncated")
+            input_ids, labels = torch.tensor(enc.input_ids, dtype=torch.long), torch.tensor(enc.labels, dtype=torch.long)
+        else:
+            a, b = self._offsets[i], self._offsets[i + 1]
+            input_ids = torch.from_numpy(self._ids[a:b].astype(np.int64))
+            target = self._targets[self._target_offsets[i] : self._target_offsets[i + 1]]
+            if self.seq2seq:
+                labels = torch.from_numpy(target.astype(np.int64))
+            else:
+                labels = torch.where(torch.from_numpy(target), input_ids, IGNORE_INDEX)
         if rec.image is None:
             pixel_values = torch.zeros(3, *self.image_size)
         else:
@@ -315,15 +382,19 @@ def _spliced_length(input_ids, n_image_tokens: int) -> int:
 def collate(batch: list[dict], pad_token_id: int) -> dict:
     """Right padding (training): ``input_ids`` [B, L] (``pad_token_id``), ``labels`` [B, L]
     (IGNORE_INDEX), ``attention_mask`` [B, L] bool (from the lengths, so a pad id that is also a real
-    token is still attended), ``pixel_values`` [B, 3, H, W], ``has_image`` BoolTensor [B]."""
+    token is still attended), ``pixel_values`` [B, 3, H, W], ``has_image`` BoolTensor [B].
+
+    Encoder-decoder items (labels a sequence of their own): ``input_ids`` / ``attention_mask`` [B, L] the
+    encoder's, ``labels`` [B, T] padded to the longest labels with IGNORE_INDEX."""
     width = max(len(item["input_ids"]) for item in batch)
+    depth = max(len(item["labels"]) for item in batch)  # = width for a decoder (aligned labels)
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    labels = torch.full((len(batch), depth), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.bool)
     for b, item in enumerate(batch):
         n = len(item["input_ids"])
         input_ids[b, :n] = item["input_ids"]
-        labels[b, :n] = item["labels"]
+        labels[b, : len(item["labels"])] = item["labels"]
         attention_mask[b, :n] = True
     if not (labels != IGNORE_INDEX).any():
         raise ValueError("a batch without any supervised token (every label is IGNORE_INDEX)")

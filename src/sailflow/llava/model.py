@@ -1,5 +1,8 @@
-"""The LLaVA model: vision tower -> connector -> decoder LLM, with image features spliced in place of
-the ``<image>`` sentinel (``IMAGE_TOKEN_INDEX``) of ``input_ids``.
+"""The LLaVA model: vision tower -> connector -> LLM, with image features spliced in place of the
+``<image>`` sentinel (``IMAGE_TOKEN_INDEX``) of ``input_ids``. The LLM is a decoder (Llama, Qwen2: a
+causal LM over one sequence) or an encoder-decoder (Flan-T5, as CLIP-FlanT5: the image and the prompt go
+to the encoder, the answer only to the decoder); which one is read from its config
+(``is_encoder_decoder``), never from a name.
 
 The layout mirrors transformers' Llava (``vision_tower``, ``multi_modal_projector``,
 ``language_model``) so that the common cases export to ``LlavaForConditionalGeneration``
@@ -17,6 +20,16 @@ The layout mirrors transformers' Llava (``vision_tower``, ``multi_modal_projecto
 The loss is the LLM's own causal-LM loss: shift by one, mean over the supervised tokens of the
 batch, or of the whole optimiser step when the trainer passes ``num_items_in_batch`` (transformers'
 gradient-accumulation fix), so N GPUs x K accumulation steps train like one big batch.
+
+Encoder-decoder (T5): ``input_ids`` are the encoder's ids and are spliced as above (right padding, the
+attention mask marks the text and image positions; T5's position bias is relative, so no position ids);
+``labels`` are a separate decoder sequence (the answer + ``</s>``, IGNORE_INDEX only as padding), left
+untouched. The decoder reads ``labels`` shifted right behind T5's decoder start token (IGNORE_INDEX ->
+pad), with ``decoder_attention_mask = labels != IGNORE_INDEX`` as CLIP-FlanT5's collator passes it. The
+loss is cross-entropy over every label that is not IGNORE_INDEX (nothing is shifted: the decoder input
+is), computed here rather than by T5 (whose loss is always a per-batch mean), so ``num_items_in_batch``
+gives the same one-big-batch mean as for a decoder. Generation is T5's own ``generate`` with the spliced
+embeddings as the encoder's ``inputs_embeds``.
 """
 
 from __future__ import annotations
@@ -25,6 +38,15 @@ import torch
 from torch import nn
 
 from sailflow.llava.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Decoder input ids of an encoder-decoder from its labels ``[B, T]``: ``[start, labels[:, :-1]]`` with
+    IGNORE_INDEX replaced by the pad id (what T5 does with ``labels`` alone)."""
+    out = labels.new_full(labels.shape, pad_token_id)
+    out[:, 0] = decoder_start_token_id
+    out[:, 1:] = labels[:, :-1]
+    return out.masked_fill(out == IGNORE_INDEX, pad_token_id)
 
 
 class LlavaModel(nn.Module):
@@ -37,6 +59,8 @@ class LlavaModel(nn.Module):
         self.n_image_tokens = int(n_image_tokens)
         self.max_length = int(max_length)
         self.config = language_model.config  # what transformers' Trainer and peft look at
+        # T5 (Flan-T5) and other seq2seq LLMs: image + prompt to the encoder, the answer to the decoder
+        self.is_encoder_decoder = bool(getattr(language_model.config, "is_encoder_decoder", False))
 
     # ---- parts ---------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -101,10 +125,39 @@ class LlavaModel(nn.Module):
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, has_image: torch.Tensor | None = None, **kwargs):
-        embeds, mask, labels, pos = self.prepare(input_ids, attention_mask, labels, pixel_values, has_image)
+                pixel_values: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None, **kwargs):
+        """A decoder: ``input_ids`` / ``labels`` ``[B, L]`` aligned. An encoder-decoder: ``input_ids`` ``[B, L]``
+        the encoder's, ``labels`` ``[B, T]`` the decoder's (or ``decoder_input_ids`` without a loss).
+        ``image_features`` replaces ``pixel_values`` when the images are already encoded."""
+        if self.is_encoder_decoder:
+            return self._seq2seq_forward(input_ids, attention_mask, labels, pixel_values, image_features, **kwargs)
+        embeds, mask, labels, pos = self.prepare(input_ids, attention_mask, labels, pixel_values, has_image, image_features=image_features)
         extra = {k: v for k, v in kwargs.items() if k == "num_items_in_batch"}
         return self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, labels=labels, use_cache=False, **extra)
+
+    def _seq2seq_forward(self, input_ids, attention_mask, labels, pixel_values, image_features, *, decoder_input_ids=None,
+                         num_items_in_batch=None, **_):
+        from transformers.modeling_outputs import Seq2SeqLMOutput
+
+        embeds, mask, _, _ = self.prepare(input_ids, attention_mask, None, pixel_values, image_features=image_features)
+        cfg = self.language_model.config
+        decoder_mask = None
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("an encoder-decoder LLM needs labels (teacher forcing) or decoder_input_ids")
+            decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+            decoder_mask = labels != IGNORE_INDEX
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                                  decoder_attention_mask=decoder_mask, use_cache=False)
+        loss = None
+        if labels is not None:
+            logits = out.logits
+            total = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
+                                                ignore_index=IGNORE_INDEX, reduction="sum")
+            n = num_items_in_batch if num_items_in_batch is not None else (labels != IGNORE_INDEX).sum()
+            loss = total / torch.as_tensor(n, device=total.device).to(total.dtype)
+        return Seq2SeqLMOutput(loss=loss, logits=out.logits, encoder_last_hidden_state=out.encoder_last_hidden_state)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         """Checkpoint the LLM's layers (non-reentrant: frozen embeddings under LoRA keep their gradient path)."""
@@ -117,7 +170,10 @@ class LlavaModel(nn.Module):
     def generate(self, prompts: list[list[int]], pixel_values: torch.Tensor | None, *, max_new_tokens: int,
                  stop_token_ids: list[int], pad_token_id: int) -> list[list[int]]:
         """Greedy answers (new token ids only, stop token excluded) for a batch of prompts (token id lists
-        with the image sentinel); left padding, so batched answers equal one-at-a-time answers."""
+        with the image sentinel); left padding, so batched answers equal one-at-a-time answers. An
+        encoder-decoder: the prompts are the encoder's, right-padded as in training (T5's position bias is
+        relative and padded keys are masked, so any padding gives the same encoder states); the decoder
+        starts from T5's decoder start token, dropped from the answers."""
         device = next(self.language_model.parameters()).device
         L = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), L), pad_token_id, dtype=torch.long, device=device)
@@ -127,11 +183,14 @@ class LlavaModel(nn.Module):
             mask[b, : len(p)] = True
         if pixel_values is not None:
             pixel_values = pixel_values.to(device)
-        embeds, attn, _, pos = self.prepare(ids, mask, None, pixel_values, padding_side="left")
+        side = "right" if self.is_encoder_decoder else "left"
+        embeds, attn, _, pos = self.prepare(ids, mask, None, pixel_values, padding_side=side)
         out = self.language_model.generate(inputs_embeds=embeds, attention_mask=attn.long(), max_new_tokens=max_new_tokens,
                                            do_sample=False, num_beams=1, eos_token_id=list(stop_token_ids), pad_token_id=pad_token_id)
         answers = []
-        for row in out.tolist():  # with inputs_embeds, generate returns the new tokens only
+        for row in out.tolist():  # with inputs_embeds, a decoder's generate returns the new tokens only
+            if self.is_encoder_decoder:
+                row = row[1:]  # the decoder start token
             cut = next((i for i, t in enumerate(row) if t in stop_token_ids), len(row))
             answers.append(row[:cut])
         return answers

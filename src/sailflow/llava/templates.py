@@ -164,6 +164,9 @@ class Template:
     """
 
     name = ""
+    encoder_decoder = False  # gives Seq2SeqEncoded (an encoder-decoder LLM's template), else Encoded
+    flattens_turns = False  # supervises one answer per sample: multi-turn records are flattened first
+    draws_per_epoch = False  # encode(..., index, epoch) draws at random: the dataset re-encodes each epoch
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -402,6 +405,8 @@ class T5Template(Template):
     the encoder ids with the image and the decoder labels (the answer + ``</s>``), tokenized as
     CLIP-FlanT5 does. Needs a T5 tokenizer: one that appends ``</s>`` to a text and adds nothing in front."""
 
+    encoder_decoder = True
+
     def __init__(self, tokenizer):
         if tokenizer.eos_token_id is None:
             raise ValueError(f"template {self.name} needs a tokenizer with an eos token (T5's </s>)")
@@ -492,6 +497,7 @@ class T5PlainSplitTextTemplate(T5Template):
     the reference. The split is re-drawn per (``epoch``, ``index``) of :meth:`encode`, from ``seed``."""
 
     name = "t5_plain_split_text"
+    draws_per_epoch = True
 
     def __init__(self, tokenizer, seed: int = 0):
         super().__init__(tokenizer)
@@ -516,6 +522,7 @@ class T5VicunaTemplate(T5Template):
 
     name = "t5_v1"
     system = VICUNA_SYSTEM
+    flattens_turns = True
 
     def _encoder_text(self, turns: list[dict]) -> str:
         text = self.system + " "

@@ -66,8 +66,9 @@ def build_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path, *, d_model: in
     """A Flan-T5-shaped ``T5ForConditionalGeneration`` with random weights (seeded), sized to the
     tokenizer in ``tokenizer_dir``, saved with that tokenizer into ``out_dir`` (safetensors;
     atomically). ``layers`` each in the encoder and the decoder; as Flan-T5 (T5 v1.1): gated-GELU
-    feed-forward of width 2.5 x ``d_model``, ``d_kv = d_model / heads``, untied input and output
-    embeddings, decoder start token = pad (0)."""
+    feed-forward of width 2.5 x ``d_model``, ``d_kv = d_model / heads``, no decoder-output scaling
+    (``tie_word_embeddings=False``), decoder start token = pad (0). transformers 5's T5 ties ``lm_head`` to
+    the shared embedding whatever the config says, so input and output embeddings are one tensor here."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     if d_model % heads:

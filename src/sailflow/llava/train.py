@@ -4,6 +4,12 @@
     finetune (stage 2)   connector + LLM (or LoRA adapters on the LLM, connector at its own lr), and on
                          request the SAIL head (`tune_head`) and the tower (`unlock_tower`); `v1`; ZeRO-3
 
+The LLM is a decoder (AutoModelForCausalLM) or an encoder-decoder (AutoModelForSeq2SeqLM: Flan-T5, as
+CLIP-FlanT5), told apart by its config's ``is_encoder_decoder``; an encoder-decoder takes the T5
+templates (`t5_plain_split_text` or `t5_plain` in stage 1, `t5_v1` in stage 2) and a decoder the others,
+checked at start. T5 overflows in fp16 (pitfall 4): it trains in bf16 where the GPU has it, else fp32,
+never fp16 (``precision: fp16`` with T5 is an error).
+
 ``train_stage(args)`` runs in-process or under ``torchrun`` (``python -m sailflow.llava.train ARGS.json``,
 launched by :func:`sailflow.gpu.launch`). The global batch is kept: gradient accumulation =
 ``global_batch_size / (per_device_batch_size * world)``, and the loss of an optimiser step is the mean over
@@ -66,15 +72,57 @@ def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def choose_precision(precision: str, *, encoder_decoder: bool, bf16_ok: bool) -> tuple[bool, str]:
+    """``(bf16, why)`` for a stage: bf16 autocast (fp32 master weights) when asked for (``auto`` or
+    ``bf16``) and the GPU has it, fp32 otherwise (CPU runs always fp32). fp16 is never used: with an
+    encoder-decoder (T5's feed-forward activations exceed fp16's 65504) it is an error; a decoder has
+    no fp16 path here either."""
+    if precision == "fp16":
+        if encoder_decoder:
+            raise StageError("precision fp16 with an encoder-decoder LLM (T5): T5 overflows in fp16 (NaN losses; it was "
+                             "trained in bf16); set precision to bf16 (GPUs of compute capability >= 8) or fp32")
+        raise StageError(f"precision fp16 is not supported for LLaVA stages; choose one of {PRECISIONS}")
+    if precision not in PRECISIONS:
+        raise StageError(f"precision {precision!r}: choose one of {PRECISIONS}")
+    if precision == "fp32":
+        return False, "fp32 (asked for)"
+    if bf16_ok:
+        return True, "bf16 (fp32 master weights)"
+    if not torch.cuda.is_available():
+        return False, "fp32 (CPU)"
+    why = "fp32: this GPU has no bf16 (compute capability < 8)"
+    return False, why + (", and T5 overflows in fp16" if encoder_decoder else "")
+
+
+def is_encoder_decoder(llm: dict) -> bool:
+    """Whether the LLM of a spec (``path``, ``revision``) is an encoder-decoder (T5), from its config."""
+    from transformers import AutoConfig
+
+    from sailflow.backbones.hub import loading
+    from sailflow.backbones.spec import hub_kwargs, resolve_path
+
+    with loading(llm.get("name", "llm"), {**llm, "family": "hf"}):
+        cfg = AutoConfig.from_pretrained(resolve_path(llm["path"], llm.get("revision")), **hub_kwargs(llm))
+    return bool(getattr(cfg, "is_encoder_decoder", False))
+
+
 def load_llm(llm: dict, dtype: torch.dtype, attn: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer): AutoModelForSeq2SeqLM for an encoder-decoder config (T5), else AutoModelForCausalLM.
+    An attention implementation the model class lacks (flash-attn 2 for T5) falls back to SDPA."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from sailflow.backbones.hub import loading
     from sailflow.backbones.spec import hub_kwargs, resolve_path
 
     path = resolve_path(llm["path"], llm.get("revision"))
+    cls = AutoModelForSeq2SeqLM if is_encoder_decoder(llm) else AutoModelForCausalLM
+    if attn == "flash_attention_2" and cls is AutoModelForSeq2SeqLM:
+        attn = "sdpa"  # T5 has no flash-attn 2 path (its relative position bias is an additive mask)
     with loading(llm.get("name", "llm"), {**llm, "family": "hf"}):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, use_safetensors=True, **hub_kwargs(llm))
+        model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn, use_safetensors=True, **hub_kwargs(llm))
         tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs(llm))
     if tokenizer.pad_token_id is None:
         raise StageError(f"llm {llm.get('name')}: its tokenizer has no pad token; LLaVA pads with it (set one in the tokenizer files)")
@@ -116,7 +164,8 @@ def set_trainable(model, stage: str, s: dict) -> None:
 
             lora = s["lora"]
             cfg = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora.get("dropout", 0.05)),
-                             bias="none", target_modules=_lora_targets(model.language_model), task_type="CAUSAL_LM")
+                             bias="none", target_modules=_lora_targets(model.language_model),
+                             task_type="SEQ_2_SEQ_LM" if model.is_encoder_decoder else "CAUSAL_LM")
             model.language_model = get_peft_model(model.language_model, cfg)
         else:
             model.language_model.requires_grad_(True)
@@ -235,6 +284,20 @@ def _trainer_class():
     return LlavaTrainer, JsonlLog
 
 
+def _epoch_callback(dataset):
+    """A callback that tells ``dataset`` the epoch at each epoch's start (before the DataLoader makes its
+    workers), for templates that re-draw per epoch (``t5_plain_split_text``). The Trainer gives callbacks
+    no epoch number: it is the whole part of ``state.epoch`` (0 at the start, k at the end of epoch k - 1,
+    k + a fraction when resumed inside epoch k, restored from the checkpoint)."""
+    from transformers import TrainerCallback
+
+    class EpochToData(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kw):
+            dataset.set_epoch(math.floor(state.epoch or 0))
+
+    return EpochToData()
+
+
 def _record(h: dict) -> dict:
     keys = ("step", "epoch", "loss", "learning_rate", "grad_norm")
     out = {k: h[k] for k in keys if k in h}
@@ -279,7 +342,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     accum, rest = divmod(int(s["global_batch_size"]), per_device * world)
     if rest or accum < 1:
         raise StageError(f"global_batch_size {s['global_batch_size']} is not a multiple of per_device_batch_size {per_device} x {world} GPUs")
-    bf16 = s.get("precision", "auto") in ("auto", "bf16") and bf16_supported()
+    encoder_decoder = is_encoder_decoder(args["llm"])
+    bf16, precision_why = choose_precision(s.get("precision", "auto"), encoder_decoder=encoder_decoder, bf16_ok=bf16_supported())
     ds = deepspeed_config(s.get("deepspeed"))
     if ds is not None:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
@@ -315,7 +379,12 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     model.accepts_loss_kwargs = True  # the loss is normalised by num_items_in_batch (one step = one big batch)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    template = get_template(args["template"], tokenizer)
+    template = get_template(args["template"], tokenizer, seed=int(s["seed"]))
+    if template.encoder_decoder != model.is_encoder_decoder:
+        kind = "an encoder-decoder (T5)" if model.is_encoder_decoder else "a decoder-only"
+        fits = "t5_plain_split_text / t5_plain (stage 1), t5_v1 (stage 2)" if model.is_encoder_decoder else "plain (stage 1), v1 or chat (stage 2)"
+        raise StageError(f"template {args['template']!r} does not suit llm {args['llm'].get('name')!r}, {kind} LLM "
+                         f"({model.language_model.config.model_type}); its templates: {fits}")
     records, drops = load_records(args["data"], args.get("on_bad_record", "error"), log)
     dataset = LlavaDataset(records, template, tower.preprocess, model.n_image_tokens, int(s["max_length"]), tower.image_size,
                            on_error=args.get("on_bad_record", "error"), log=log)
@@ -329,8 +398,9 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         print(f"[llava] {stage}: {len(dataset)} samples ({n_images} with an image, {len(dataset) - n_images} text-only), "
               f"dropped {dict(drops)}; world {world} x per-device {per_device} x accumulation {accum} = global batch "
               f"{s['global_batch_size']}; ~{steps_per_epoch} steps/epoch; trainable parameters {n_train:,}; "
-              f"tower {tower.kind} ({model.n_image_tokens} image tokens), deepspeed {s.get('deepspeed') or 'none'}, "
-              f"bf16 {bf16}, attention {args.get('attn_implementation') or _attn_implementation()}", file=log, flush=True)
+              f"tower {tower.kind} ({model.n_image_tokens} image tokens), llm {model.language_model.config.model_type} "
+              f"({'encoder-decoder' if encoder_decoder else 'decoder'}), deepspeed {s.get('deepspeed') or 'none'}, "
+              f"precision {precision_why}, attention {model.language_model.config._attn_implementation}", file=log, flush=True)
     if steps_per_epoch < 1:
         raise StageError(f"{len(dataset)} samples are fewer than one global batch of {s['global_batch_size']}; lower global_batch_size")
 
@@ -351,6 +421,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     trainer.group_by_modality = bool(s.get("group_by_modality_length", False))
     trainer.world_for_grouping = world * accum
     trainer.connector_lr = float(s["connector_lr"]) if s.get("connector_lr") else None
+    if template.draws_per_epoch:
+        trainer.add_callback(_epoch_callback(dataset))
     resume = _last_checkpoint(state_dir) if resumable else None
     if resume and rank == 0:
         print(f"[llava] resumed from {resume}", file=log, flush=True)
@@ -358,7 +430,7 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
 
     info = {"steps": int(trainer.state.global_step), "samples": len(dataset), "image_samples": n_images, "dropped": dict(drops),
             "train_loss": float(result.training_loss), "trainable_parameters": n_train, "world": world,
-            "gradient_accumulation": accum, "bf16": bf16}
+            "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder}
     save_stage(trainer, model, tokenizer, tower, args, info, out_dir)
     if world > 1:
         import torch.distributed as dist

@@ -16,6 +16,13 @@ continues from the prefix's key/value cache, so only its own question and answer
 ``share="features"`` shares only the image features (the LLM runs over the whole prompt per pair) and
 ``share="none"`` re-encodes the image per pair; the three give the same scores (a test) and
 benchmarks/llava_generate.py measures them against each other.
+
+An encoder-decoder LLM (CLIP-FlanT5, t2v_metrics' own model): the question prompt (with the image) goes
+to the encoder and the answer tokens are the decoder labels, T5's ids of "Yes" + ``</s>`` (``t5_v1``;
+stage 1's ``t5_plain*`` templates discard the question, as in their training), teacher-forced behind
+the decoder start token; the score is the same exp(mean log-prob). There is no prefix to share (the
+encoder attends both ways, so the question changes every encoder state): ``share="prefix"`` shares the
+image features only, and the encoder runs once per (image, text) pair.
 """
 
 from __future__ import annotations
@@ -40,28 +47,32 @@ def _encode_texts(vlm, texts: list[str], question: str, answer: str):
     return encs
 
 
-def _exp_mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """exp(mean log-probability of the supervised tokens) per row; ``logits[:, t]`` predicts ``labels[:, t + 1]``."""
+def _exp_mean_logprob(logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """exp(mean log-probability of the supervised tokens) per row; ``logits[:, t]`` predicts ``labels[:, t + 1]``
+    (a decoder), or ``labels[:, t]`` with ``shift=False`` (an encoder-decoder's decoder labels)."""
     import torch
 
     from sailflow.llava.templates import IGNORE_INDEX
 
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    target = labels[:, 1:]
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    target = labels
     keep = target != IGNORE_INDEX
     tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
     return torch.exp(tok.sum(1) / keep.sum(1))
 
 
 def _right_padded(ids: list[list[int]], labels: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(ids, labels, mask)`` as ``[B, L]`` tensors, padded on the right (labels with IGNORE_INDEX)."""
+    """``(ids, labels, mask)``, padded on the right (labels with IGNORE_INDEX): ``[B, L]`` each, or labels
+    ``[B, T]`` when they are a sequence of their own (an encoder-decoder's)."""
     import torch
 
     from sailflow.llava.templates import IGNORE_INDEX
 
-    L = max(len(r) for r in ids)
+    L, T = max(len(r) for r in ids), max(len(r) for r in labels)
     out_ids = torch.zeros(len(ids), L, dtype=torch.long, device=device)
-    out_labels = torch.full((len(ids), L), IGNORE_INDEX, dtype=torch.long, device=device)
+    out_labels = torch.full((len(ids), T), IGNORE_INDEX, dtype=torch.long, device=device)
     mask = torch.zeros(len(ids), L, dtype=torch.bool, device=device)
     for b, (r, lab) in enumerate(zip(ids, labels)):
         out_ids[b, : len(r)] = torch.tensor(r, device=device)
@@ -75,6 +86,10 @@ def _batch_scores(vlm, encs, feats: torch.Tensor | None, pixels: torch.Tensor | 
 
     m = vlm.model
     ids, labels, mask = _right_padded([e.input_ids for e in encs], [e.labels for e in encs], vlm.device)
+    if m.is_encoder_decoder:  # the prompt to the encoder, "Yes" + </s> teacher-forced in the decoder
+        with torch.no_grad():
+            logits = m(ids, mask, labels, pixels, image_features=feats).logits
+        return _exp_mean_logprob(logits, labels, shift=False)
     with torch.no_grad():
         embeds, attn, labels, pos = m.prepare(ids, mask, labels, pixels, image_features=feats)
         logits = m.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).logits
@@ -147,7 +162,7 @@ def vqascore_pairs(vlm, images: list, texts_per_image: list[list[str]], *, quest
         pixels = vlm._pixels([image]).to(vlm.device)
         with torch.no_grad():
             feats = vlm.model.image_features(pixels) if share != "none" else None
-        k = _prefix_length(encs) if share == "prefix" and encs else None
+        k = _prefix_length(encs) if share == "prefix" and encs and not vlm.model.is_encoder_decoder else None
         if k is not None and max(len(e.input_ids) for e in encs) - 1 + feats.shape[1] > vlm.model.max_length:
             k = None  # a prompt longer than the model's max_length is cut as in training: no cache
         prefix = _prefix_cache(vlm, encs, k, feats) if k is not None else None
