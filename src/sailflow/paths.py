@@ -148,3 +148,28 @@ def llava_eval_summary(run: str) -> str:
 def llava_demo_evalsets() -> str:
     """The demo's LLaVA benchmark sets (vqa/, pope/, mc/), in the real benchmarks' formats."""
     return f"{RESULTS}/demo/llava/evalsets"
+
+
+# ---- CLIP from scratch (miniVLM's first stage) ---------------------------------------------------
+def clip_dir(run: str) -> str:
+    """A CLIP trained from scratch: ``open_clip_config.json``, ``open_clip_model.safetensors``,
+    ``train_log.jsonl``, ``manifest.json`` (written last) and, while training, ``state/``. It loads as
+    the open_clip model ``local-dir:<clip_dir>``."""
+    return f"{RESULTS}/{run}/clip"
+
+
+def clip_manifest(run: str) -> str:
+    return f"{clip_dir(run)}/manifest.json"
+
+
+def clip_model(run: str) -> str:
+    return f"{clip_dir(run)}/open_clip_model.safetensors"
+
+
+def clip_config(run: str) -> str:
+    return f"{clip_dir(run)}/open_clip_config.json"
+
+
+def clip_eval(run: str) -> str:
+    """Zero-shot scores of a clip run's CLIP on its evaluation tasks, with chance levels."""
+    return f"{RESULTS}/{run}/clip_eval.json"

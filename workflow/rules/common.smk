@@ -150,16 +150,24 @@ def backbone_spec(kind):
     return spec
 
 
+def backbone_files(name):
+    """What a job loading backbone `name` needs first: a locally built (tiny) model's folder, the record
+    of a hub model's fetch (fetch_model), or the manifest of the clip run whose CLIP it is (`local-dir:`
+    its results/{run}/clip); packaged and other local models need nothing."""
+    b = BACKBONES[name]
+    if "build" in b:
+        return [b["path"]]
+    run = clip_run_of(b)
+    if run is not None:
+        return [paths.clip_manifest(run)]
+    return [paths.model_record(name)] if needs_fetch(b) else []
+
+
 def backbone_model_input(kind):
-    """What a job loading the backbone needs first: a locally built (tiny) model's folder, or the
-    record of a hub model's fetch (fetch_model); packaged and local models need nothing."""
+    """backbone_files of the job's backbone (wildcard `vision` or `text`)."""
 
     def inputs(wildcards):
-        name = getattr(wildcards, kind)
-        b = BACKBONES[name]
-        if "build" in b:
-            return [b["path"]]
-        return [paths.model_record(name)] if needs_fetch(b) else []
+        return backbone_files(getattr(wildcards, kind))
 
     return inputs
 
@@ -184,11 +192,12 @@ def text_embedding_paths(dataset, text, sources=None):
 
 RUNS = config["runs"]
 LLAVA_RUNS = config["llava_runs"]
+CLIP_RUNS = config["clip_runs"]  # CLIPs trained from scratch (the clip section below)
 LLMS = config["llms"]
 
 
 wildcard_constraints:
-    run="|".join(map(re.escape, [*RUNS, *LLAVA_RUNS])) or "(?!)",
+    run="|".join(map(re.escape, dict.fromkeys([*RUNS, *LLAVA_RUNS, *CLIP_RUNS]))) or "(?!)",
 
 
 def _check_run(name):
@@ -440,6 +449,8 @@ def llava_settings(run, stage):
     """The stage's settings: the `llava:` defaults with the run's overrides (data is listed apart)."""
     s = {**config["llava"][stage], **LLAVA_RUNS[run][stage]}
     s.pop("data", None)
+    if "remgcl" in s and s["remgcl"] is None:
+        del s["remgcl"]  # off: the stage's params (its rerun trigger, its fingerprint) stay as before remgcl existed
     return s
 
 
@@ -525,8 +536,7 @@ def llava_inputs(stage):
             vision = RUNS[t["align_run"]]["vision"]
         else:
             vision = t["backbone"]
-        b = BACKBONES[vision]
-        out["tower"] += [b["path"]] if "build" in b else [paths.model_record(vision)] if needs_fetch(b) else []
+        out["tower"] += backbone_files(vision)
         if stage == "finetune":
             out["previous"] = [paths.llava_manifest(wildcards.run, "pretrain"), paths.llava_connector(wildcards.run, "pretrain")]
         return out
@@ -549,6 +559,8 @@ def llava_exportable(run):
     from sailflow.llava.export import exportable  # torch-free check of the parts
 
     r, tower = LLAVA_RUNS[run], llava_tower(run)
+    if llava_settings(run, "finetune")["template"].startswith("t5_"):
+        return False  # an encoder-decoder (Flan-T5) has no LlavaForConditionalGeneration to export to
     return r["export"] and exportable(
         tower["kind"], llava_connector(run)["kind"], bool(llava_settings(run, "finetune").get("lora")), tower.get("layer")
     )
@@ -627,3 +639,93 @@ def llava_model_inputs(wildcards):
 
 def llava_eval_results(wildcards):
     return [paths.llava_eval_result(wildcards.run, t) for t in LLAVA_RUNS[wildcards.run]["eval"]]
+
+
+# ---- CLIP from scratch (miniVLM's first stage) ------------------------------------------------------
+
+# CLIP_RUNS is defined with RUNS above (the `run` wildcard covers it); a clip run may share its name with a
+# LLaVA run: results/{run}/clip/ and clip_eval.json sit beside results/{run}/llava/.
+CLIP_RUN_NAMES = "|".join(map(re.escape, CLIP_RUNS)) or "(?!)"
+CLIP_JOB_KEYS = {"datasets", "gpus", "eval"}  # what the job reads and where it runs, not how the CLIP trains
+CLIP_RUNTIME_KEYS = frozenset({"log_every", "checkpoint_every"})  # intervals: resources, never a rerun
+
+
+def clip_run_of(backbone):
+    """The clip run whose CLIP a backbone entry loads (path `local-dir:results/{run}/clip`), else None."""
+    path = backbone["path"]
+    if not path.startswith("local-dir:"):
+        return None
+    folder = PurePosixPath(path.removeprefix("local-dir:"))
+    return next((run for run in CLIP_RUNS if folder == PurePosixPath(paths.clip_dir(run))), None)
+
+
+def _check_clip_run(name):
+    r = CLIP_RUNS[name]
+    for ds in r["datasets"]:
+        if ds not in DATASETS:
+            raise ValueError(f"clip_runs.{name}.datasets: unknown dataset {ds!r}; define it under `datasets:`")
+        if r["caption_source"] not in caption_sources(ds):
+            raise ValueError(
+                f"clip_runs.{name}.caption_source: {r['caption_source']!r} is not a caption source of dataset {ds!r} "
+                f"(it has {caption_sources(ds)})"
+            )
+    for task in r["eval"]:
+        if task not in EVAL_TASKS:
+            raise ValueError(f"clip_runs.{name}.eval: unknown task {task!r}; define it under `eval_tasks:`")
+        kind = kind_of(EVAL_TASKS[task])
+        if not set(kind.needs) <= {"encode_image", "encode_text"}:
+            raise ValueError(
+                f"clip_runs.{name}.eval: {task!r} is a {kind.name} task, which needs {list(kind.needs)}; a CLIP "
+                "is scored on contrastive tasks (zeroshot, retrieval, winoground, mmvp)"
+            )
+
+
+for _run in CLIP_RUNS:
+    _check_clip_run(_run)
+for _name, _b in BACKBONES.items():  # a CLIP under results/ comes from a clip run, which the jobs loading it wait for
+    if _b["path"].startswith(f"local-dir:{paths.RESULTS}/") and clip_run_of(_b) is None:
+        raise ValueError(
+            f"backbones.{_name}.path: {_b['path']!r} is under {paths.RESULTS}/ but is not the CLIP of a clip run; "
+            f"write local-dir:{paths.clip_dir('<run>')} with <run> one of clip_runs: {sorted(CLIP_RUNS)}"
+        )
+
+
+def clip_settings(wildcards):
+    """params: everything that decides the CLIP (model, caption source, optimisation, seed)."""
+    return without(CLIP_RUNS[wildcards.run], CLIP_JOB_KEYS | CLIP_RUNTIME_KEYS | PARALLELISM_KEYS)
+
+
+def clip_inputs(wildcards):
+    """Every chunk's samples.parquet of the run's datasets (their tars sit in images/ beside each)."""
+    return {"samples": [p for ds in CLIP_RUNS[wildcards.run]["datasets"] for p in chunk_paths(ds, "samples.parquet")]}
+
+
+def clip_meta(wildcards):
+    return {"datasets": CLIP_RUNS[wildcards.run]["datasets"]}
+
+
+def clip_gpus(wildcards):
+    return CLIP_RUNS[wildcards.run]["gpus"]
+
+
+def clip_threads(wildcards):
+    return CLIP_RUNS[wildcards.run]["threads"]
+
+
+def clip_runtime(key):
+    def value(wildcards):
+        return CLIP_RUNS[wildcards.run][key]
+
+    return value
+
+
+def clip_eval_data(wildcards):
+    """The data files of the run's evaluation tasks (see eval_data_inputs)."""
+    return [f for t in CLIP_RUNS[wildcards.run]["eval"] for f in eval_data_inputs(SimpleNamespace(task=t))]
+
+
+def clip_eval_tasks(wildcards):
+    """params: each evaluation task of the run with the `eval:` values its kind reads."""
+    return {
+        t: {"spec": EVAL_TASKS[t], "settings": eval_settings(SimpleNamespace(task=t))} for t in CLIP_RUNS[wildcards.run]["eval"]
+    }

@@ -8,6 +8,7 @@
     connectors   the projector from image tokens to the LLM's embeddings
     model        the assembled model (vision tower, projector, language model), splicing images in
     train        the two training stages on transformers' Trainer (+ DeepSpeed ZeRO)
+    remgcl       REMGCL's auxiliary loss (answer <-> image, OCR text <-> its patches), a stage setting
     tiny         tiny tokenizers and LLMs built locally for the tests and the demo
     export       export to transformers' LlavaForConditionalGeneration
 """

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from PIL import Image
 
 from sailflow.data.images import decode_rgb
 from sailflow.data.shards import read_sample_bytes
+from sailflow.llava.remgcl import OcrRegion, RegionMapper, RemgclError, parse_ocr
 from sailflow.llava.templates import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -68,12 +69,15 @@ class ImageRef:
 
 @dataclass
 class Record:
-    """One training conversation; ``source`` is the file it came from (for messages)."""
+    """One training conversation; ``source`` is the file it came from (for messages); ``ocr``: precomputed
+    OCR regions of its image (the record's ``ocr`` field, :func:`~sailflow.llava.remgcl.parse_ocr`), used
+    by REMGCL's local term."""
 
     id: str
     image: ImageRef | None  # None: a text-only record
     conversations: list[dict]
     source: str = ""
+    ocr: list[OcrRegion] = field(default_factory=list)
 
 
 class RecordError(ValueError):
@@ -151,7 +155,7 @@ def _check_record(item, label: str, path: Path, image_folder) -> Record:
         if not os.path.isfile(file):
             raise RecordError(path, rid, f"image file {file} does not exist (image_folder {image_folder})", "missing_image")
         ref = ImageRef(file)
-    return Record(rid, ref, conversations, str(path))
+    return Record(rid, ref, conversations, str(path), parse_ocr(item, str(path)))
 
 
 def read_records(path, image_folder, *, on_error: str = "error", log=sys.stderr) -> tuple[list[Record], Counter]:
@@ -160,7 +164,8 @@ def read_records(path, image_folder, *, on_error: str = "error", log=sys.stderr)
     Checks, each with its own message naming the file and the record id: the id is present; the
     turns are human/gpt objects with string values, alternate (after a leading gpt turn, which is
     dropped as LLaVA does) and end with gpt, none empty; an image record has exactly one ``<image>``
-    (in a human turn) and a file that exists; a text-only record has none. ``on_error="error"`` raises
+    (in a human turn) and a file that exists; a text-only record has none; an ``ocr`` field, where present,
+    is a list of ``{text, box}`` regions (reason ``bad_ocr``). ``on_error="error"`` raises
     :class:`RecordError` at the first bad record; ``"drop"`` skips it and counts it by reason (printed
     to ``log`` with an example). Returns ``(records, drops)``."""
     if on_error not in ("error", "drop"):
@@ -241,16 +246,22 @@ class LlavaDataset(torch.utils.data.Dataset):
     ``lengths``: positions after splicing the image in (text tokens + ``n_image_tokens``; an
     encoder-decoder: encoder positions + decoder labels); ``modality_lengths``: +length for image
     records, -length for text-only (LLaVA counts words; we count tokens, the quantity that actually
-    fills the context)."""
+    fills the context).
+
+    ``regions`` (REMGCL's local term): items also carry ``ocr_regions``, the record's OCR regions mapped
+    onto the tower's patch grid (a list of :class:`~sailflow.llava.remgcl.RegionTokens`; empty for a
+    record without regions). A box outside its image is a :class:`RecordError` naming the record."""
 
     def __init__(self, records: list[Record], template: Template, preprocess, n_image_tokens: int, max_length: int,
-                 image_size: tuple[int, int], *, on_error: str = "error", log=sys.stderr):
+                 image_size: tuple[int, int], *, on_error: str = "error", log=sys.stderr,
+                 regions: RegionMapper | None = None):
         if on_error not in ("error", "drop"):
             raise ValueError(f"on_error must be 'error' or 'drop', not {on_error!r}")
         if n_image_tokens < 1 or max_length <= n_image_tokens:
             raise ValueError(f"max_length {max_length} leaves no room for text next to {n_image_tokens} image tokens")
         self.template, self.preprocess = template, preprocess
         self.n_image_tokens, self.max_length = n_image_tokens, max_length
+        self.regions = regions
         self.image_size = tuple(image_size)
         self.seq2seq = bool(template.encoder_decoder)
         self.epoch = 0
@@ -323,7 +334,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                 continue
             if len(pairs) > 1:
                 multi, made = multi + 1, made + len(pairs)
-            out += [Record(str(p["id"]), p.get("image"), p["conversations"], rec.source) for p in pairs]
+            out += [Record(str(p["id"]), p.get("image"), p["conversations"], rec.source, rec.ocr) for p in pairs]
         self.flattened = (multi, made)
         return out
 
@@ -360,6 +371,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                 labels = torch.from_numpy(target.astype(np.int64))
             else:
                 labels = torch.where(torch.from_numpy(target), input_ids, IGNORE_INDEX)
+        image = None
         if rec.image is None:
             pixel_values = torch.zeros(3, *self.image_size)
         else:
@@ -371,7 +383,15 @@ class LlavaDataset(torch.utils.data.Dataset):
             if tuple(pixel_values.shape) != (3, *self.image_size):
                 raise ValueError(f"preprocess gave an image of shape {tuple(pixel_values.shape)}, "
                                  f"but the dataset was set up for {(3, *self.image_size)}")
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "has_image": rec.image is not None}
+        item = {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "has_image": rec.image is not None}
+        if self.regions is not None:
+            item["ocr_regions"] = []
+            if image is not None and rec.ocr:
+                try:
+                    item["ocr_regions"] = self.regions(rec.ocr, *image.size)
+                except RemgclError as e:
+                    raise RecordError(rec.source, rec.id, f"{e} (image {rec.image.path})", "bad_ocr") from None
+        return item
 
 
 def _spliced_length(input_ids, n_image_tokens: int) -> int:
@@ -385,7 +405,9 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     token is still attended), ``pixel_values`` [B, 3, H, W], ``has_image`` BoolTensor [B].
 
     Encoder-decoder items (labels a sequence of their own): ``input_ids`` / ``attention_mask`` [B, L] the
-    encoder's, ``labels`` [B, T] padded to the longest labels with IGNORE_INDEX."""
+    encoder's, ``labels`` [B, T] padded to the longest labels with IGNORE_INDEX.
+
+    Items with ``ocr_regions`` (REMGCL): ``ocr_regions`` is passed through, one list per sample."""
     width = max(len(item["input_ids"]) for item in batch)
     depth = max(len(item["labels"]) for item in batch)  # = width for a decoder (aligned labels)
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
@@ -401,13 +423,16 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     shapes = {tuple(item["pixel_values"].shape) for item in batch}
     if len(shapes) != 1:
         raise ValueError(f"images of different shapes in one batch: {sorted(shapes)}")
-    return {
+    out = {
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": attention_mask,
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "has_image": torch.tensor([bool(item["has_image"]) for item in batch], dtype=torch.bool),
     }
+    if any("ocr_regions" in item for item in batch):
+        out["ocr_regions"] = [list(item.get("ocr_regions", [])) for item in batch]
+    return out
 
 
 # ---- the sampler (LLaVA's llava_trainer.py) ---------------------------------------------------

@@ -24,11 +24,13 @@ from sailflow.io import read_json
 
 
 def _rooted(path: str, root: Path) -> str:
-    """Paths in a manifest are relative to the workflow folder: find them from any working directory."""
-    p = Path(path)
+    """Paths in a manifest are relative to the workflow folder: find them from any working directory
+    (an open_clip ``local-dir:`` path too, e.g. a CLIP trained by a clip run)."""
+    prefix = "local-dir:" if path.startswith("local-dir:") else ""
+    p = Path(path[len(prefix):])
     if p.is_absolute() or p.exists() or not (root / p).exists():
         return path
-    return str(root / p)
+    return prefix + str(root / p)
 
 
 def _root_spec(spec: dict, root: Path, keys=("path", "align_dir")) -> dict:
@@ -57,7 +59,7 @@ def load_stage(directory: str | Path, device: str = "cpu", dtype: torch.dtype = 
     """(LlavaModel, tokenizer, manifest) of a finished stage, in eval mode."""
     from safetensors.torch import load_file
 
-    from sailflow.llava.train import build_model
+    from sailflow.llava.train import build_model, load_tower_weights
 
     d = stage_dir(directory)
     manifest = read_json(d / "config.json")
@@ -74,10 +76,7 @@ def load_stage(directory: str | Path, device: str = "cpu", dtype: torch.dtype = 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(d / "adapter"))
-    if (d / "head.safetensors").exists():
-        tower.head.load_state_dict(load_file(str(d / "head.safetensors")), strict=True)
-    if (d / "tower.safetensors").exists():
-        tower.backbone.load_state_dict(load_file(str(d / "tower.safetensors")), strict=True)
+    load_tower_weights(tower, d)  # the SAIL head / backbone the stage trained (or carried from stage 1)
     return model.eval().to(device), tokenizer, manifest
 
 

@@ -30,6 +30,12 @@ loss is cross-entropy over every label that is not IGNORE_INDEX (nothing is shif
 is), computed here rather than by T5 (whose loss is always a per-batch mean), so ``num_items_in_batch``
 gives the same one-big-batch mean as for a decoder. Generation is T5's own ``generate`` with the spliced
 embeddings as the encoder's ``inputs_embeds``.
+
+Auxiliary loss (decoders): with ``remgcl`` set (a :class:`~sailflow.llava.remgcl.RemgclLoss`, the trainer sets
+it), the training loss is REMGCL's ``L_LM + lambda_g L_global + lambda_l L_local`` on the image features the
+splice used (computed once), the spliced embeddings and labels, and the batch's ``ocr_regions``; with the
+step's ``remgcl_items`` the terms are normalised over the optimiser step as the LM loss is. The last
+micro-batch's terms are kept in ``remgcl_stats`` (detached) for the trainer's log.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class LlavaModel(nn.Module):
         self.config = language_model.config  # what transformers' Trainer and peft look at
         # T5 (Flan-T5) and other seq2seq LLMs: image + prompt to the encoder, the answer to the decoder
         self.is_encoder_decoder = bool(getattr(language_model.config, "is_encoder_decoder", False))
+        self.remgcl = None  # an auxiliary loss (RemgclLoss), set by the trainer
+        self.remgcl_stats = None
 
     # ---- parts ---------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -126,15 +134,30 @@ class LlavaModel(nn.Module):
     # ---- training --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None, **kwargs):
+                image_features: torch.Tensor | None = None, ocr_regions=None, remgcl_items: torch.Tensor | None = None,
+                **kwargs):
         """A decoder: ``input_ids`` / ``labels`` ``[B, L]`` aligned. An encoder-decoder: ``input_ids`` ``[B, L]``
         the encoder's, ``labels`` ``[B, T]`` the decoder's (or ``decoder_input_ids`` without a loss).
-        ``image_features`` replaces ``pixel_values`` when the images are already encoded."""
+        ``image_features`` replaces ``pixel_values`` when the images are already encoded. With ``remgcl`` set
+        and ``labels`` given: ``ocr_regions`` (one list of RegionTokens per sample) and ``remgcl_items``
+        (``[2]``: the optimiser step's samples and regions, :meth:`RemgclLoss.count` summed) feed its terms."""
         if self.is_encoder_decoder:
+            if self.remgcl is not None:
+                raise ValueError("the REMGCL loss is implemented for decoder LLMs; this LLM is an encoder-decoder (T5)")
             return self._seq2seq_forward(input_ids, attention_mask, labels, pixel_values, image_features, **kwargs)
-        embeds, mask, labels, pos = self.prepare(input_ids, attention_mask, labels, pixel_values, has_image, image_features=image_features)
+        feats = image_features
+        if feats is None and pixel_values is not None:
+            feats = self.image_features(pixel_values)
+        embeds, mask, labels, pos = self.prepare(input_ids, attention_mask, labels, None, has_image, image_features=feats)
         extra = {k: v for k, v in kwargs.items() if k == "num_items_in_batch"}
-        return self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, labels=labels, use_cache=False, **extra)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, labels=labels, use_cache=False, **extra)
+        if self.remgcl is not None and labels is not None and feats is not None:
+            items = None if remgcl_items is None else [int(n) for n in remgcl_items.tolist()]
+            res = self.remgcl(out.loss, inputs_embeds=embeds, labels=labels, image_features=feats, embed_tokens=self.embed_tokens,
+                              regions=ocr_regions, has_image=has_image, items=items)
+            out.loss = res.loss
+            self.remgcl_stats = res.stats()
+        return out
 
     def _seq2seq_forward(self, input_ids, attention_mask, labels, pixel_values, image_features, *, decoder_input_ids=None,
                          num_items_in_batch=None, **_):

@@ -28,10 +28,13 @@ square (exact for CLIP's processor, whose crop is then a no-op; a processor that
 further, e.g. DINOv2's 256 -> 224, shifts the cells by up to its crop margin).
 
 Wiring into a training step: the dataset turns a record's regions into :class:`RegionTokens`
-(:func:`prepare_regions`, on the CPU workers) and the collator passes one list per sample; the model
-computes ``image_features``, splices them with :meth:`LlavaModel.prepare`, and calls :class:`RemgclLoss`
-with the LM loss, the spliced ``inputs_embeds`` and ``labels`` (aligned: position t holds the
-embedding of the token labelled at t), ``image_features`` and ``embed_tokens``.
+(:class:`RegionMapper`: :func:`pad_box` then :func:`prepare_regions`, on the CPU workers) and the collator
+passes one list per sample (``ocr_regions``); the model computes ``image_features``, splices them with
+:meth:`LlavaModel.prepare`, and calls :class:`RemgclLoss` with the LM loss, the spliced ``inputs_embeds``
+and ``labels`` (aligned: position t holds the embedding of the token labelled at t), ``image_features``
+and ``embed_tokens``. Under gradient accumulation the trainer gives it the optimiser step's counts
+(:meth:`RemgclLoss.count` summed over the step's micro-batches), so each term is normalised over the step
+as the LM loss is by ``num_items_in_batch``.
 """
 
 from __future__ import annotations
@@ -314,6 +317,28 @@ def prepare_regions(regions: Sequence[OcrRegion], tokenizer, grid: tuple[int, in
     return out
 
 
+@dataclass
+class RegionMapper:
+    """A record's OCR regions -> :class:`RegionTokens` for a tower that pads images to a square (``pad``):
+    each box moves onto the ``max(width, height)`` square (:func:`pad_box`) that ``grid`` (the tower's
+    :func:`patch_grid`) tiles. Called by the dataset with the image's size, on its workers."""
+
+    tokenizer: object
+    grid: tuple[int, int]
+    min_overlap: float = 0.05
+
+    def __call__(self, regions: Sequence[OcrRegion], width: int, height: int) -> list[RegionTokens]:
+        """A box outside the ``width`` x ``height`` image is a :class:`RemgclError` naming ``ocr[i]``."""
+        moved = []
+        for i, r in enumerate(regions):
+            try:
+                box, side = pad_box(r.box, width, height)
+            except RemgclError as e:
+                raise RemgclError(f"ocr[{i}]: {e}") from None
+            moved.append(OcrRegion(r.text, tuple(box)))
+        return prepare_regions(moved, self.tokenizer, self.grid, max(width, height), self.min_overlap)
+
+
 # ---- the two terms ----------------------------------------------------------------------------------------
 
 
@@ -357,6 +382,11 @@ def global_loss(inputs_embeds: torch.Tensor, labels: torch.Tensor, image_feature
     return TermResult(-(cos / temperature).mean(), used, skipped)
 
 
+def _usable(region: RegionTokens) -> bool:
+    """Whether the local term uses a region: it covers a cell and its text has a token."""
+    return bool(region.patches) and bool(region.text_ids)
+
+
 def local_loss(image_features: torch.Tensor, embed_tokens: Callable[[torch.Tensor], torch.Tensor],
                regions: Sequence[Sequence[RegionTokens]] | None, temperature: float = 0.5) -> TermResult:
     """REMGCL's local term: mean over the batch's usable regions of ``-cos(o_r, u_r) / temperature``.
@@ -375,7 +405,7 @@ def local_loss(image_features: torch.Tensor, embed_tokens: Callable[[torch.Tenso
     n_used = skipped = 0
     for b, sample in enumerate(regions):
         for reg in sample or ():
-            if not reg.patches or not reg.text_ids:
+            if not _usable(reg):
                 skipped += 1
                 continue
             if min(reg.patches) < 0 or max(reg.patches) >= N:
@@ -400,12 +430,23 @@ def local_loss(image_features: torch.Tensor, embed_tokens: Callable[[torch.Tenso
     return TermResult(-(cos / temperature).mean(), R, skipped)
 
 
+STATS = ("lm_loss", "global_loss", "local_loss", "global_samples", "global_skipped", "local_regions", "local_skipped")
+
+
 @dataclass
 class RemgclResult:
     loss: torch.Tensor  # L_LM + lambda_global * L_global + lambda_local * L_local: what to backpropagate
     lm: torch.Tensor
     global_term: TermResult
     local_term: TermResult
+    # each term as it enters ``loss`` (before its lambda): the micro-batch mean, or its share of the step's
+    # mean when the step's counts were given (:meth:`RemgclLoss.forward` ``items``)
+    global_part: torch.Tensor | None = None
+    local_part: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.global_part = self.global_term.loss if self.global_part is None else self.global_part
+        self.local_part = self.local_term.loss if self.local_part is None else self.local_part
 
     def log(self) -> dict:
         """Floats for the training log."""
@@ -414,12 +455,39 @@ class RemgclResult:
                 "local_loss": float(l_.loss.detach()), "global_samples": g.used, "global_skipped": g.skipped,
                 "local_regions": l_.used, "local_skipped": l_.skipped}
 
+    def stats(self) -> torch.Tensor:
+        """``[len(STATS)]`` float32, detached, on the loss's device (no host sync): the LM loss and the two
+        parts as they enter the loss, then the counts; a trainer sums these over micro-batches."""
+        g, l_ = self.global_term, self.local_term
+        parts = torch.stack([self.lm.detach().float(), self.global_part.detach().float().to(self.lm.device),
+                             self.local_part.detach().float().to(self.lm.device)])
+        counts = torch.tensor([g.used, g.skipped, l_.used, l_.skipped], dtype=torch.float32, device=self.lm.device)
+        return torch.cat([parts, counts])
+
+
+def _share(term: TermResult, total, name: str) -> torch.Tensor:
+    """The term as a share of the step's mean: this micro-batch's sum over ``total`` items (None: its own mean)."""
+    if total is None or term.used == 0:
+        return term.loss
+    total = int(total)
+    if term.used > total:
+        raise RemgclError(f"the {name} term averages {term.used} items in this micro-batch but the step counted only "
+                          f"{total}; the counts (RemgclLoss.count) and the terms disagree")
+    return term.loss * (term.used / total)
+
 
 class RemgclLoss(nn.Module):
     """``L_LM + lambda_global * L_global + lambda_local * L_local`` for one micro-batch.
 
     ``stop_ids``: :func:`stop_word_ids` of ``settings.stop_words`` with the run's tokenizer (built
-    once, by :meth:`from_tokenizer`). A term whose lambda is 0 is not computed (reported as 0)."""
+    once, by :meth:`from_tokenizer`). A term whose lambda is 0 is not computed (reported as 0).
+
+    Gradient accumulation: the LM loss of a training step is normalised over the whole optimiser step
+    (``num_items_in_batch``: every micro-batch's loss is its token sum over the step's token count), so the
+    terms are too when :meth:`forward` gets ``items``, the step's counts of :meth:`count` summed over its
+    micro-batches (and ranks, wherever ``num_items_in_batch`` is summed over ranks): each term is then this
+    micro-batch's sum over the step's count, and the step's accumulated gradient is that of one big batch,
+    whatever the split."""
 
     def __init__(self, settings: RemgclSettings, stop_ids: Sequence[Sequence[int]]):
         super().__init__()
@@ -430,14 +498,34 @@ class RemgclLoss(nn.Module):
     def from_tokenizer(cls, settings: RemgclSettings, tokenizer) -> RemgclLoss:
         return cls(settings, stop_word_ids(tokenizer, settings.stop_words))
 
+    def count(self, labels: torch.Tensor, regions: Sequence[Sequence[RegionTokens]] | None = None,
+              has_image: torch.Tensor | None = None) -> tuple[int, int]:
+        """``(samples, regions)`` that the two terms average over in a micro-batch (0 for a term whose lambda
+        is 0), from the collated ``labels`` ``[B, L]`` (the image placeholder's label is IGNORE_INDEX, so they
+        give the same answer mask as the spliced labels), ``regions`` and ``has_image`` ``[B]``."""
+        s = self.settings
+        n_samples = n_regions = 0
+        if s.lambda_global > 0:
+            content = answer_mask(labels, self.stop_ids).any(-1)
+            if has_image is not None:
+                content &= has_image.to(content.device).bool()
+            n_samples = int(content.sum())
+        if s.lambda_local > 0 and regions is not None:
+            n_regions = sum(_usable(r) for sample in regions for r in sample or ())
+        return n_samples, n_regions
+
     def forward(self, lm_loss: torch.Tensor, *, inputs_embeds: torch.Tensor, labels: torch.Tensor,
                 image_features: torch.Tensor, embed_tokens: Callable[[torch.Tensor], torch.Tensor],
                 regions: Sequence[Sequence[RegionTokens]] | None = None,
-                has_image: torch.Tensor | None = None) -> RemgclResult:
+                has_image: torch.Tensor | None = None, items: Sequence[int] | None = None) -> RemgclResult:
+        """``items``: ``(samples, regions)`` of the whole optimiser step (see the class), or None: each term is
+        this micro-batch's mean."""
         s = self.settings
         zero = TermResult(image_features.new_zeros((), dtype=torch.float32), 0, 0)
         g = global_loss(inputs_embeds, labels, image_features, self.stop_ids, s.temperature_global, has_image) \
             if s.lambda_global > 0 else zero
         l_ = local_loss(image_features, embed_tokens, regions, s.temperature_local) if s.lambda_local > 0 else zero
-        total = lm_loss + s.lambda_global * g.loss.to(lm_loss.dtype) + s.lambda_local * l_.loss.to(lm_loss.dtype)
-        return RemgclResult(total, lm_loss, g, l_)
+        n_samples, n_regions = (None, None) if items is None else items
+        g_part, l_part = _share(g, n_samples, "global"), _share(l_, n_regions, "local")
+        total = lm_loss + s.lambda_global * g_part.to(lm_loss.dtype) + s.lambda_local * l_part.to(lm_loss.dtype)
+        return RemgclResult(total, lm_loss, g, l_, g_part, l_part)

@@ -95,6 +95,18 @@ class VisionTower(torch.nn.Module):
             image = expand2square(image, self.background)
         return self.backbone.preprocess(image)
 
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of the input that one patch token covers, from the backbone's config
+        (HF CLIP / DINOv2 ``config.patch_size``, open_clip ``visual.patch_size``)."""
+        model = self.backbone.model
+        size = getattr(getattr(model, "config", None), "patch_size", None)
+        if size is None:
+            size = getattr(getattr(model, "visual", None), "patch_size", None)
+        if size is None:
+            raise TowerError(f"vision tower {self.spec.get('name')!r} ({self.kind}): its backbone states no patch size")
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The forward with autograd wherever a part is trainable."""
         x = pixel_values.to(next(self.backbone.parameters()).dtype)
@@ -115,9 +127,22 @@ class VisionTower(torch.nn.Module):
                              "only a `sail` tower has one")
         self.tower_trainable, self.head_trainable = bool(tower), bool(head)
         self.backbone.model.requires_grad_(self.tower_trainable)
+        if self.tower_trainable:
+            self._freeze_unreached()
         if self.head is not None:
             self.head.requires_grad_(self.head_trainable)
         self.train(self.training)
+
+    def _freeze_unreached(self) -> None:
+        """Keep frozen the backbone weights the image tokens do not depend on: an open_clip CLIP's text
+        half, logit scale, final norm and projection; blocks after ``layer``. They would get no gradient,
+        which DDP (``find_unused_parameters=False``) takes for an error."""
+        params = [p for p in self.backbone.model.parameters() if p.requires_grad]
+        x = torch.zeros(1, 3, *self.image_size, device=params[0].device, dtype=params[0].dtype)
+        grads = torch.autograd.grad(self.backbone.features(x).float().sum(), params, allow_unused=True)
+        for p, g in zip(params, grads):
+            if g is None:
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "VisionTower":
         super().train(mode)

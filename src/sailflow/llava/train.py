@@ -10,6 +10,15 @@ templates (`t5_plain_split_text` or `t5_plain` in stage 1, `t5_v1` in stage 2) a
 checked at start. T5 overflows in fp16 (pitfall 4): it trains in bf16 where the GPU has it, else fp32,
 never fp16 (``precision: fp16`` with T5 is an error).
 
+REMGCL (reference llava_family.md section 7.2): a stage whose settings have ``remgcl: {...}`` trains
+``L_LM + lambda_global L_global + lambda_local L_local`` (:mod:`sailflow.llava.remgcl`) on records whose
+``ocr`` field holds precomputed OCR regions. Both terms are normalised over the optimiser step as the LM
+loss is (the step's sample and region counts, summed over micro-batches and ranks), so accumulation and
+GPU count do not change the update; the log lines add ``lm_loss``, ``global_loss``, ``local_loss`` (step
+means, so ``loss = lm_loss + lambda_global global_loss + lambda_local local_loss``) and the counts of
+samples and regions used and skipped. REMGCL's own schedule is a third stage continuing from a finetuned
+model; here a stage 2 starts from its run's stage 1, so the supported form is stage 2 with ``remgcl``.
+
 ``train_stage(args)`` runs in-process or under ``torchrun`` (``python -m sailflow.llava.train ARGS.json``,
 launched by :func:`sailflow.gpu.launch`). The global batch is kept: gradient accumulation =
 ``global_batch_size / (per_device_batch_size * world)``, and the loss of an optimiser step is the mean over
@@ -23,7 +32,8 @@ safetensors (never pickled) with a manifest, ``config.json``, that loaders follo
     connector.safetensors            the connector (and the SAIL head / tower when trained: head.safetensors, tower.safetensors)
     language_model/                  stage 2 full fine-tune: the LLM (save_pretrained, safetensors) + tokenizer
     adapter/                         stage 2 LoRA: the peft adapter (safetensors) + tokenizer
-    config.json                      kind, tower, connector, LLM, template, image tokens, max length, settings, data counts
+    config.json                      kind, tower, connector, LLM, template, image tokens, max length, settings, data counts,
+                                     remgcl (the loss's settings, defaults filled in; null without it)
     train_log.jsonl                  step, loss, lr, grad norm, tokens/s (rank 0)
 """
 
@@ -147,6 +157,37 @@ def build_model(spec: dict, *, dtype=torch.float32, device="cpu", connector_stat
     return model, tokenizer, tower
 
 
+def setup_remgcl(cfg: dict | None, model, tower, tokenizer, image_aspect_ratio: str):
+    """The stage's REMGCL loss from its settings' ``remgcl`` (None: none), attached to ``model.remgcl``.
+    Returns ``(settings, mapper)``: the settings with defaults filled in, and the dataset's
+    :class:`~sailflow.llava.remgcl.RegionMapper` onto the tower's patch grid (None when lambda_local is 0);
+    ``(None, None)`` without ``remgcl``."""
+    from sailflow.llava.remgcl import RegionMapper, RemgclError, RemgclLoss, RemgclSettings, patch_grid
+
+    if cfg is None:
+        return None, None
+    try:
+        settings = RemgclSettings.from_config(cfg)
+    except RemgclError as e:
+        raise StageError(f"settings.remgcl: {e}") from None
+    if model.is_encoder_decoder:
+        raise StageError("settings.remgcl: REMGCL's loss is implemented for decoder LLMs, and this stage's LLM is an "
+                         "encoder-decoder (T5); remove `remgcl` from the stage")
+    mapper = None
+    if settings.lambda_local > 0:
+        if image_aspect_ratio != "pad":
+            raise StageError(f"settings.remgcl: the local term maps OCR boxes onto the padded square the tower sees, but "
+                             f"image_aspect_ratio is {image_aspect_ratio!r}; set it to pad (the finetune default) or "
+                             "lambda_local to 0")
+        try:
+            grid = patch_grid(tower.image_size, tower.patch_size, n_tokens=model.n_image_tokens)
+        except RemgclError as e:
+            raise StageError(f"settings.remgcl: {e}") from None
+        mapper = RegionMapper(tokenizer, grid, settings.min_overlap)
+    model.remgcl = RemgclLoss.from_tokenizer(settings, tokenizer)
+    return settings, mapper
+
+
 def _lora_targets(llm) -> list[str]:
     """Every nn.Linear leaf of the LLM but the output head (LLaVA's find_all_linear_names)."""
     names = {name.rsplit(".", 1)[-1] for name, m in llm.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -155,9 +196,12 @@ def _lora_targets(llm) -> list[str]:
 
 
 def set_trainable(model, stage: str, s: dict) -> None:
-    """Freeze everything, then unfreeze what the stage trains (LoRA: peft marks its adapters)."""
+    """Freeze everything, then unfreeze what the stage trains (LoRA: peft marks its adapters). The tower
+    (``unlock_tower``) and the SAIL head (``tune_head``) may train in either stage: miniVLM trains its
+    ViT in both, SAIL-LLaVA in stage 2 only; the LLM trains in stage 2 only."""
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
+    model.vision_tower.set_trainable(tower=bool(s.get("unlock_tower")), head=bool(s.get("tune_head")))
     if stage == "finetune":
         if s.get("lora"):
             from peft import LoraConfig, get_peft_model
@@ -169,7 +213,24 @@ def set_trainable(model, stage: str, s: dict) -> None:
             model.language_model = get_peft_model(model.language_model, cfg)
         else:
             model.language_model.requires_grad_(True)
-        model.vision_tower.set_trainable(tower=bool(s.get("unlock_tower")), head=bool(s.get("tune_head")))
+
+
+TOWER_FILES = {"head.safetensors": "head", "tower.safetensors": "backbone"}  # trained tower parts a stage folder may hold
+
+
+def load_tower_weights(tower, directory: str | Path) -> list[str]:
+    """Load the trained tower parts a stage saved in ``directory`` (the SAIL head, the backbone) into
+    ``tower``; returns the files loaded. Stage 2 starts from what stage 1 trained; loaders of a stage use
+    what it holds."""
+    from safetensors.torch import load_file
+
+    loaded = []
+    for name, part in TOWER_FILES.items():
+        path = Path(directory) / name
+        if path.exists():
+            getattr(tower, part).load_state_dict(load_file(str(path)), strict=True)
+            loaded.append(name)
+    return loaded
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -207,6 +268,58 @@ def _trainer_class():
         group_by_modality = False
         connector_lr = None
         world_for_grouping = 1
+        remgcl_sums = None  # REMGCL: RemgclResult.stats() summed over this rank's micro-batches since the last log line
+        remgcl_mark = None  # ... and the global step of that line
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            """The step's micro-batches, each told the step's REMGCL counts (``remgcl_items``): summed over the
+            micro-batches, and over the ranks exactly where ``num_items_in_batch`` is, so the terms share the
+            LM loss's normalisation. (Without ``num_items_in_batch`` the Trainer divides each micro-batch's mean
+            loss by the accumulation steps; the terms are then micro-batch means too.)"""
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            loss = getattr(self.model, "remgcl", None)
+            if loss is not None and batches and num_items is not None:
+                counts = torch.tensor([loss.count(b["labels"], b.get("ocr_regions"), b.get("has_image")) for b in batches],
+                                      dtype=torch.long).reshape(-1, 2).sum(0)
+                if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                    counts = self.accelerator.gather(counts.to(device)).reshape(-1, 2).sum(0).cpu()
+                for b in batches:
+                    b["remgcl_items"] = counts
+            return batches, num_items
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.remgcl_mark is None:
+                self.remgcl_mark = self.state.global_step  # the first step of this session (after a resume, its step)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            stats = getattr(self.model, "remgcl_stats", None)
+            if stats is not None:
+                self.remgcl_sums = stats if self.remgcl_sums is None else self.remgcl_sums + stats
+                self.model.remgcl_stats = None
+            return loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and getattr(self.model, "remgcl", None) is not None:
+                logs.update(self._remgcl_logs())
+            super().log(logs, start_time)
+
+        def _remgcl_logs(self) -> dict:
+            """The REMGCL terms since the last log line on the scale of the Trainer's ``loss`` (the mean over
+            those optimiser steps of each step's mean), and the counts summed over micro-batches and ranks.
+            A collective where there are several ranks (the Trainer logs on every rank)."""
+            from sailflow.llava.remgcl import STATS
+
+            sums = self.remgcl_sums if self.remgcl_sums is not None else torch.zeros(len(STATS))
+            sums = sums.to(self.args.device)
+            world = self.args.world_size
+            if world > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            steps = max(1, self.state.global_step - (self.remgcl_mark or 0))
+            # as the Trainer's loss: each rank's loss (x world where the token count spans the ranks), averaged over ranks
+            per_rank = 1 if self.args.average_tokens_across_devices else world
+            out = {k: v / steps / per_rank for k, v in zip(STATS[:3], sums[:3].tolist())}
+            out.update({k: int(round(v)) for k, v in zip(STATS[3:], sums[3:].tolist())})
+            self.remgcl_sums, self.remgcl_mark = None, self.state.global_step
+            return out
 
         def _get_train_sampler(self, train_dataset=None):
             if not self.group_by_modality:
@@ -299,7 +412,9 @@ def _epoch_callback(dataset):
 
 
 def _record(h: dict) -> dict:
-    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm")
+    from sailflow.llava.remgcl import STATS
+
+    keys = ("step", "epoch", "loss", *STATS, "learning_rate", "grad_norm")
     out = {k: h[k] for k in keys if k in h}
     if "learning_rate" in out:
         out["lr"] = out.pop("learning_rate")
@@ -354,6 +469,9 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         inputs["previous"] = sorted(str(p) for p in Path(args["previous"]).glob("*.safetensors"))
     if args["tower"].get("align_dir"):
         inputs["align_head"] = [str(Path(args["tower"]["align_dir"]) / "head.safetensors")]
+    tower_path = str(args["tower"].get("backbone", {}).get("path", ""))
+    if tower_path.startswith("local-dir:"):  # a CLIP trained here (a clip run): retrained, it is another tower
+        inputs["tower"] = sorted(str(p) for p in Path(tower_path.removeprefix("local-dir:")).glob("*.safetensors"))
     identity = run_identity({k: v for k, v in args.items() if k not in ("out_dir", "meta", "log_every", "checkpoint_every")},
                             inputs, world=world)
     resumable = prepare_state(state_dir, identity, log, name=f"llava {stage}") if rank == 0 else True
@@ -375,6 +493,7 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         connector_state = load_file(str(Path(args["previous"]) / "connector.safetensors"))
     dtype = torch.bfloat16 if (bf16 and ds) else torch.float32
     model, tokenizer, tower = build_model(args, dtype=dtype, device="cuda" if cuda else "cpu", connector_state=connector_state)
+    carried = load_tower_weights(tower, args["previous"]) if stage == "finetune" else []  # a tower stage 1 trained
     set_trainable(model, stage, s)
     model.accepts_loss_kwargs = True  # the loss is normalised by num_items_in_batch (one step = one big batch)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -385,9 +504,10 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         fits = "t5_plain_split_text / t5_plain (stage 1), t5_v1 (stage 2)" if model.is_encoder_decoder else "plain (stage 1), v1 or chat (stage 2)"
         raise StageError(f"template {args['template']!r} does not suit llm {args['llm'].get('name')!r}, {kind} LLM "
                          f"({model.language_model.config.model_type}); its templates: {fits}")
+    remgcl, regions = setup_remgcl(s.get("remgcl"), model, tower, tokenizer, args.get("image_aspect_ratio", "square"))
     records, drops = load_records(args["data"], args.get("on_bad_record", "error"), log)
     dataset = LlavaDataset(records, template, tower.preprocess, model.n_image_tokens, int(s["max_length"]), tower.image_size,
-                           on_error=args.get("on_bad_record", "error"), log=log)
+                           on_error=args.get("on_bad_record", "error"), log=log, regions=regions)
     drops.update(dataset.drops)
     if dataset.mismatches:
         print(f"[llava] warning: {dataset.mismatches} conversation(s) tokenize differently in one go than segment by segment; "
@@ -401,6 +521,15 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
               f"tower {tower.kind} ({model.n_image_tokens} image tokens), llm {model.language_model.config.model_type} "
               f"({'encoder-decoder' if encoder_decoder else 'decoder'}), deepspeed {s.get('deepspeed') or 'none'}, "
               f"precision {precision_why}, attention {model.language_model.config._attn_implementation}", file=log, flush=True)
+    if remgcl is not None and rank == 0:
+        with_ocr = [r for r in dataset.records if r.ocr and r.image is not None]
+        grid = f"{regions.grid[0]}x{regions.grid[1]} patch grid" if regions else "no local term"
+        print(f"[llava] remgcl: L = L_LM + {remgcl.lambda_global} L_global (tau {remgcl.temperature_global}) + "
+              f"{remgcl.lambda_local} L_local (tau {remgcl.temperature_local}); {len(with_ocr)} records with "
+              f"{sum(len(r.ocr) for r in with_ocr)} OCR regions, {grid}", file=log, flush=True)
+        if regions and not with_ocr:
+            print("[llava] warning: remgcl's local term is on, but no record has `ocr` regions: it stays 0",
+                  file=log, flush=True)
     if steps_per_epoch < 1:
         raise StageError(f"{len(dataset)} samples are fewer than one global batch of {s['global_batch_size']}; lower global_batch_size")
 
@@ -430,7 +559,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
 
     info = {"steps": int(trainer.state.global_step), "samples": len(dataset), "image_samples": n_images, "dropped": dict(drops),
             "train_loss": float(result.training_loss), "trainable_parameters": n_train, "world": world,
-            "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder}
+            "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder, "tower_from_previous": carried}
+    info["remgcl"] = remgcl.to_dict() if remgcl is not None else None
     save_stage(trainer, model, tokenizer, tower, args, info, out_dir)
     if world > 1:
         import torch.distributed as dist
@@ -464,11 +594,13 @@ def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir
         written[name] = part
 
     save("connector.safetensors", "multi_modal_projector.")
+    # the tower parts trained in this stage or carried from stage 1: a stage folder holds its whole model
+    carried = info.get("tower_from_previous", [])
+    if s.get("tune_head") or "head.safetensors" in carried:
+        save("head.safetensors", "vision_tower.head.")
+    if s.get("unlock_tower") or "tower.safetensors" in carried:
+        save("tower.safetensors", "vision_tower.backbone.")
     if stage == "finetune":
-        if s.get("tune_head"):
-            save("head.safetensors", "vision_tower.head.")
-        if s.get("unlock_tower"):
-            save("tower.safetensors", "vision_tower.backbone.")
         if s.get("lora"):
             _save_dir(out_dir / "adapter", lambda d: (model.language_model.save_pretrained(d, state_dict={
                 k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}), tokenizer.save_pretrained(d)))
