@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,38 @@ def fake_commands(folder: Path, scripts: dict[str, str]) -> Path:
 
 def repo_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def planned_jobs(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def job_inputs(stdout: str, rule: str) -> list[str]:
+    """The input files of the planned jobs of ``rule`` (a dry run's job blocks)."""
+    found = []
+    for block in stdout.split("\nrule ")[1:]:
+        if block.startswith(f"{rule}:"):
+            m = re.search(r"^\s+input: (.*)$", block, re.M)
+            found += m.group(1).split(", ") if m else []
+    return found
+
+
+def placeholders(workdir: Path, cfg: dict, run: str) -> list[str]:
+    """Empty stand-ins for the files a LLaVA run reads that no rule makes: its stages' JSON records and its
+    benchmarks' files (a dry run only checks that they exist)."""
+    from sailflow.llava import benchmarks, vqascore
+
+    r = cfg["llava_runs"][run]
+    files = [d["json"] for stage in ("pretrain", "finetune") for d in r[stage]["data"] if "json" in d]
+    for task in r["eval"]:
+        spec = cfg["llava_eval_tasks"][task]
+        files += vqascore.spec_files(spec, cfg["eval_tasks"]) if spec["kind"] == "vqascore" else benchmarks.spec_files(spec)
+    for f in files:
+        (workdir / f).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / f).touch()
+    return files
 
 
 def solid(rgb, size=(64, 64), mode="RGB", fmt="PNG", **save) -> bytes:

@@ -219,6 +219,21 @@ def test_resampler_compresses_to_its_queries_and_reads_the_image_tokens():
     assert x.grad.abs().sum() > 0 and res.queries.grad.abs().sum() > 0
 
 
+def test_resampler_positions_come_only_from_its_queries():
+    """No position is added to the image tokens (a ViT's tokens already carry theirs): shuffling them leaves the
+    output unchanged, while swapping two learned queries swaps exactly those two output tokens."""
+    torch.manual_seed(0)
+    res = build_connector("resampler", 32, 40, n_tokens=49, n_queries=6, heads=4, layers=2).eval().double()
+    x = torch.randn(2, 49, 32, dtype=torch.float64)
+    out = res(x)
+    torch.testing.assert_close(res(x[:, torch.randperm(49)]), out)
+    with torch.no_grad():
+        res.queries[[1, 4]] = res.queries[[4, 1]].clone()
+    swapped = res(x)
+    torch.testing.assert_close(swapped[:, [4, 1]], out[:, [1, 4]])
+    torch.testing.assert_close(swapped[:, [0, 2, 3, 5]], out[:, [0, 2, 3, 5]])
+
+
 def test_connector_errors_name_the_choices():
     with pytest.raises(ConnectorError, match="unknown connector 'qformer'"):
         build_connector("qformer", 8, 8, 4)

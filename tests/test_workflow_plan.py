@@ -9,13 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import REPO, repo_config, snakemake, write_config
-
-
-def planned_jobs(stdout: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+from conftest import REPO, planned_jobs, repo_config, snakemake, write_config
 
 
 def _run_caption_sources(cfg: dict) -> set[str]:

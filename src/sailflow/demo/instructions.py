@@ -73,9 +73,11 @@ def _text_only(i: int, rng: random.Random) -> dict:
     return {"id": f"text-{i:06d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
 
 
-def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05) -> int:
+def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05,
+                      ocr: bool = False) -> int:
     """Write the instruction set for the images of ``meta`` (train.meta.parquet: row, url, shape,
-    colour, background, size, position); ``image`` paths relative to ``image_root``. Returns the count."""
+    colour, background, size, position); ``image`` paths relative to ``image_root``; with ``ocr`` each
+    record with an image carries its OCR region (:func:`sailflow.demo.ocr.add_ocr`). Returns the count."""
     rng = random.Random(seed * 7919 + 11)
     root = Path(image_root).resolve()
     records = []
@@ -91,6 +93,10 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
         records.append({"id": f"shape-{row.row:06d}", "image": str(path.relative_to(root)), "conversations": conv})
         if rng.random() < text_only:
             records.append(_text_only(len(records), rng))
+    if ocr:
+        from sailflow.demo.ocr import add_ocr
+
+        records = add_ocr(records, meta, root)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_text(json.dumps(records, indent=0))
     return len(records)
