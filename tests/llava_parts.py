@@ -78,3 +78,17 @@ def stage_args(parts: dict, stage: str, out_dir: Path, **settings) -> dict:
             "template": "plain" if stage == "pretrain" else "v1",
             "data": [{"json": parts["captions" if stage == "pretrain" else "records"], "images": parts["images"]}],
             "on_bad_record": "error", "settings": s, "previous": None, "checkpoint_every": 2, "log_every": 1, "meta": {}}
+
+
+def plain_sgd_step(model, lr: float = 0.5, clip: float | None = 1.0) -> None:
+    """What one optimiser step of the tests' stage settings does by hand (plain SGD at ``lr`` after clipping
+    the gradient norm at ``clip``), on the gradients already in ``model``: the reference a trained stage is
+    compared with."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad

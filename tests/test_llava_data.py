@@ -152,7 +152,7 @@ def test_records_from_dataset(tmp_path):
     assert records[1].image.read().getpixel((3, 3)) == (0, 0, 255)
     records, drops = records_from_dataset([tmp_path / "chunk0/samples.parquet"], [images], "short", dataset="demo")
     assert [r.conversations[1]["value"] for r in records] == ["red", "green"] and drops == Counter({"empty_caption": 1})
-    with pytest.raises(ValueError, match=r"no column\(s\) \['long'\]; caption sources of dataset 'demo': \['raw', 'short'\]"):
+    with pytest.raises(ValueError, match=r"no column\(s\) \['long'\]; the caption sources of this dataset are \['raw', 'short'\]"):
         records_from_dataset([tmp_path / "chunk0/samples.parquet"], [images], "long", dataset="demo")
 
 

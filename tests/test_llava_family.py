@@ -4,6 +4,7 @@ variants train end to end on the demo's shapes and are scored. (miniVLM: tests/t
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -75,16 +76,16 @@ def test_family_demo_variants_train_and_are_scored(demo):
     level), Quilt-LLaVA's recipe with a tiny CLIP tower (no modality grouping), REMGCL with the shapes' names at
     their boxes as OCR regions (both terms logged, finite, non-zero). Short schedules: the test shows the wiring,
     the demo's LLaVA run shows the learning."""
-    cfg = repo_config()
-    saved = (demo / "config" / "config.yaml").read_text()
+    demo, original = demo
+    cfg = copy.deepcopy(original)
     for run in DEMO_RUNS:
         cfg["llava_runs"][run]["pretrain"]["epochs"] = 0.5
         cfg["llava_runs"][run]["finetune"]["epochs"] = 0.25
     write_config(demo, cfg)
     try:
         snakemake(demo, "--cores", "2", *[f"results/{r}/llava_eval.json" for r in DEMO_RUNS], timeout=2400)
-    finally:
-        (demo / "config" / "config.yaml").write_text(saved)
+    finally:  # the session's demo stays as it was for the next test
+        write_config(demo, original)
     for run in DEMO_RUNS:
         for stage in ("pretrain", "finetune"):
             losses = _losses(demo / f"results/{run}/llava/{stage}/train_log.jsonl")

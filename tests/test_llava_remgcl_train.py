@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from llava_parts import stage_args
+from llava_parts import plain_sgd_step, stage_args
 from sailflow.demo.ocr import add_ocr, shape_box, shape_regions
 from sailflow.demo.shapes import COLOURS, make_split
 from sailflow.llava.data import RecordError
@@ -292,10 +292,7 @@ def test_accumulated_micro_batches_train_like_one_big_batch(parts, stage1, shape
     batch = collate([ds[i] for i in range(4)], tok.pad_token_id)
     n_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     model(**batch, num_items_in_batch=torch.tensor(n_items)).loss.backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p -= 0.5 * p.grad
+    plain_sgd_step(model, clip=None)
     for per_device, out in outs.items():
         got = load_file(str(out / "connector.safetensors"))
         for k, v in model.multi_modal_projector.state_dict().items():

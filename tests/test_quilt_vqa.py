@@ -204,7 +204,7 @@ def test_answers_file_must_answer_every_question_once(tmp_path):
     ([{k: v for k, v in g.items() if k != "answer"} if g["id"] == 20 else g for g in GOLD],
      r"gold\.json, entry 1 \(id 20\): no 'answer'"),
     ([{k: v for k, v in g.items() if k != "id"} if g["id"] == 30 else g for g in GOLD], r"gold\.json, entry 2: no 'id'"),
-    ({"data": GOLD}, r"gold\.json: expected Quilt-VQA gold answers \(a JSON array"),
+    ({"data": GOLD}, r"gold\.json: expected a JSON array of Quilt-VQA gold answers"),
 ])
 def test_bad_gold_file_names_the_file_and_id(tmp_path, gold, message):
     spec = _quilt(tmp_path, gold)

@@ -46,14 +46,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from sailflow.config import digest, without
 from sailflow.data.images import decode_rgb
-from sailflow.data.shards import read_sample_bytes
+from sailflow.data.shards import captioned_samples, read_sample_bytes
 from sailflow.dtypes import autocast_dtype
 from sailflow.io import atomic_path, read_json, write_json
 from sailflow.resume import finish_state, load_checkpoint, prepare_state, run_identity, save_checkpoint
@@ -231,27 +230,17 @@ class CaptionedImages:
             raise ClipPretrainError(f"{len(samples_parquets)} samples.parquet files but {len(images_dirs)} image folders")
         if not samples_parquets:
             raise ClipPretrainError("no samples.parquet files given: the clip stage needs a downloaded dataset")
-        cols = ["sample_id", "shard", "offset", "size"]
         folders, shards, offsets, sizes, captions = [], [], [], [], []
         self.drops: Counter = Counter()
         self.images_dirs = [str(d) for d in images_dirs]
         for k, path in enumerate(samples_parquets):
-            try:
-                table = pd.read_parquet(path)
-            except Exception as e:
-                raise ClipPretrainError(f"{path}: cannot read this samples table ({type(e).__name__}: {e})") from None
-            missing = [c for c in cols + [caption_source] if c not in table.columns]
-            if missing:
-                sources = [c for c in table.columns if c not in cols + ["key", "width", "height", "url"]]
-                raise ClipPretrainError(f"{path}: no column(s) {missing}; the caption sources of this dataset are {sources}")
-            text = table[caption_source]
-            ok = (text.notna() & (text.astype(str).str.strip() != "")).to_numpy()
-            self.drops["empty_caption"] += int((~ok).sum())
-            folders.append(np.full(int(ok.sum()), k, dtype=np.int32))
-            shards.append(table["shard"].to_numpy()[ok].astype(str))
-            offsets.append(table["offset"].to_numpy()[ok].astype(np.int64))
-            sizes.append(table["size"].to_numpy()[ok].astype(np.int64))
-            captions.append(text.to_numpy()[ok].astype(str))
+            table, empty = captioned_samples(path, caption_source, ClipPretrainError)
+            self.drops["empty_caption"] += empty
+            folders.append(np.full(len(table), k, dtype=np.int32))
+            shards.append(table["shard"].to_numpy().astype(str))
+            offsets.append(table["offset"].to_numpy().astype(np.int64))
+            sizes.append(table["size"].to_numpy().astype(np.int64))
+            captions.append(table[caption_source].to_numpy().astype(str))
         self.folder, self.shard = np.concatenate(folders), np.concatenate(shards)
         self.offset, self.size, self.caption = np.concatenate(offsets), np.concatenate(sizes), np.concatenate(captions)
         self.drops = +self.drops
@@ -510,9 +499,6 @@ def read_manifest(folder: str | os.PathLike) -> dict:
 
 
 if __name__ == "__main__":
-    a = json.loads(Path(sys.argv[1]).read_text())
-    try:
-        train(a)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    from sailflow.gpu import torchrun_entry
+
+    torchrun_entry(train)

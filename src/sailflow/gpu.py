@@ -98,6 +98,27 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
         time.sleep(poll)
 
 
+def torchrun_entry(train) -> None:
+    """The ``__main__`` of a module :func:`launch` runs under torchrun: ``train(args)`` with the JSON
+    arguments file named by ``argv[1]``, then the process group closed: after a barrier when ``train``
+    returned (no process tears it down while another still writes its last file), at once when it raised
+    (a barrier would wait forever for a process that is stuck in a collective; torchrun stops the rest)."""
+    import json
+    import sys
+
+    import torch.distributed as dist
+
+    try:
+        train(json.loads(Path(sys.argv[1]).read_text()))
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launch(module: str, args: dict, gpus: int, args_path: str | Path, log, in_process=None) -> Claim:
     """Run a training program on the devices of this job: every multi-GPU rule launches this way.
 

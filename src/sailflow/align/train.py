@@ -211,9 +211,6 @@ def holdout_retrieval(head: AlignmentHead, pairs: EmbeddingPairs, held: np.ndarr
 
 
 if __name__ == "__main__":
-    a = json.loads(Path(sys.argv[1]).read_text())
-    try:
-        train(a)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    from sailflow.gpu import torchrun_entry
+
+    torchrun_entry(train)

@@ -28,6 +28,26 @@ def read_sample_bytes(images_dir: str | os.PathLike, shard: str, offset: int, si
     return data
 
 
+SAMPLE_COLUMNS = ["sample_id", "shard", "offset", "size"]
+
+
+def captioned_samples(path: str | os.PathLike, caption_source: str, error: type[Exception] = ValueError) -> tuple[pd.DataFrame, int]:
+    """The rows of a chunk's ``samples.parquet`` whose ``caption_source`` is not empty (a fresh index), and
+    how many rows were left out for an empty one. An unreadable table or a missing column is ``error``
+    naming the file (and, for a missing caption source, the sources the table has)."""
+    try:
+        table = pd.read_parquet(path)
+    except Exception as e:
+        raise error(f"{path}: cannot read this samples table ({type(e).__name__}: {e})") from None
+    missing = [c for c in SAMPLE_COLUMNS + [caption_source] if c not in table.columns]
+    if missing:
+        sources = [c for c in table.columns if c not in SAMPLE_COLUMNS + ["key", "width", "height", "url"]]
+        raise error(f"{path}: no column(s) {missing}; the caption sources of this dataset are {sources}")
+    text = table[caption_source]
+    ok = text.notna() & (text.astype(str).str.strip() != "")
+    return table[ok].reset_index(drop=True), int((~ok).sum())
+
+
 class ChunkImages:
     """Item i: ``(i, preprocess(RGB image of row i of samples.parquet))``."""
 

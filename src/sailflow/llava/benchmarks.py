@@ -257,6 +257,20 @@ def _read_json(path):
         raise BenchmarkError(f"{path}, line {e.lineno}: not JSON ({e.msg})") from None
 
 
+def _json_array_by_id(path, what: str):
+    """``(entry, id, where)`` for every object of the JSON array in ``path`` (``where`` names the file, the
+    entry's index and its ``id`` for error messages); anything else is an error naming file and entry."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise BenchmarkError(f"{path}: expected a JSON array of {what}")
+    for k, entry in enumerate(data):
+        where = f"{path}, entry {k}"
+        if not isinstance(entry, dict):
+            raise BenchmarkError(f"{where}: expected an object")
+        qid = _get(entry, "id", where, (int, str))
+        yield entry, qid, where + f" (id {qid!r})"
+
+
 def _read_jsonl(path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-empty line."""
     path = _require(path)
@@ -347,16 +361,8 @@ def _load_scienceqa(spec: dict) -> list[Item]:
     """LLaVA's ScienceQA test file: a JSON array in the training format; the human turn's ``<image>`` is
     dropped (the reference's ``model_vqa_science``)."""
     path = spec["questions"]
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise BenchmarkError(f"{path}: expected a JSON array of questions")
     items = []
-    for k, entry in enumerate(data):
-        where = f"{path}, entry {k}"
-        if not isinstance(entry, dict):
-            raise BenchmarkError(f"{where}: expected an object")
-        qid = _get(entry, "id", where, (int, str))
-        where += f" (id {qid!r})"
+    for entry, qid, where in _json_array_by_id(path, "questions"):
         turns = _get(entry, "conversations", where, (list,))
         if not turns or not isinstance(turns[0], dict) or not isinstance(turns[0].get("value"), str):
             raise BenchmarkError(f"{where}: the first conversation turn has no text 'value'")
@@ -717,16 +723,8 @@ def _score_pope(spec: dict, items: list[Item], texts: list[str]) -> dict:
 def _quilt_gold(path) -> dict[str, tuple[dict, str]]:
     """Quilt-VQA's gold answers (``quiltvqa_test_w_ans.json``: a JSON array of ``{id, answer, answer_type,
     ...}``) by str(id), each with where it is, for error messages."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise BenchmarkError(f"{path}: expected Quilt-VQA gold answers (a JSON array of {{id, answer, answer_type, ...}})")
     table = {}
-    for k, entry in enumerate(data):
-        where = f"{path}, entry {k}"
-        if not isinstance(entry, dict):
-            raise BenchmarkError(f"{where}: expected an object")
-        qid = _get(entry, "id", where, (int, str))
-        where += f" (id {qid!r})"
+    for entry, qid, where in _json_array_by_id(path, "Quilt-VQA gold answers {id, answer, answer_type, ...}"):
         if str(qid) in table:
             raise BenchmarkError(f"{where}: id {qid!r} appears twice (first at {table[str(qid)][1]})")
         table[str(qid)] = (entry, where)

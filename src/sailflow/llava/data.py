@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
 from sailflow.data.images import decode_rgb
-from sailflow.data.shards import read_sample_bytes
+from sailflow.data.shards import captioned_samples, read_sample_bytes
 from sailflow.llava.remgcl import OcrRegion, RegionMapper, RemgclError, parse_ocr
 from sailflow.llava.templates import (
     IGNORE_INDEX,
@@ -200,20 +199,10 @@ def records_from_dataset(samples_parquets: list, images_dirs: list, caption_sour
     records: list[Record] = []
     drops: Counter = Counter()
     for samples_path, images_dir in zip(samples_parquets, images_dirs):
-        columns = ["sample_id", "shard", "offset", "size"]
-        try:
-            samples = pd.read_parquet(samples_path)
-        except Exception as e:
-            raise ValueError(f"{samples_path}: cannot read this samples table ({type(e).__name__}: {e})") from None
-        missing = [c for c in columns + [caption_source] if c not in samples.columns]
-        if missing:
-            others = [c for c in samples.columns if c not in columns + ["key", "width", "height", "url"]]
-            raise ValueError(f"{samples_path}: no column(s) {missing}; caption sources of dataset {dataset!r}: {others}")
-        captions = samples[caption_source]
-        ok = captions.notna() & (captions.astype(str).str.strip() != "")
-        drops["empty_caption"] += int((~ok).sum())
-        for sid, shard, offset, size, caption in zip(samples["sample_id"][ok], samples["shard"][ok], samples["offset"][ok],
-                                                     samples["size"][ok], captions[ok]):
+        samples, empty = captioned_samples(samples_path, caption_source)
+        drops["empty_caption"] += empty
+        for sid, shard, offset, size, caption in zip(samples["sample_id"], samples["shard"], samples["offset"], samples["size"],
+                                                     samples[caption_source]):
             conversations = [{"from": "human", "value": IMAGE_PLACEHOLDER}, {"from": "gpt", "value": str(caption)}]
             ref = ImageRef(str(Path(images_dir) / shard), int(offset), int(size))
             records.append(Record(f"{dataset}/{sid}", ref, conversations, str(samples_path)))

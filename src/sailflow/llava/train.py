@@ -637,12 +637,6 @@ def _save_dir(final: Path, write) -> None:
 
 
 if __name__ == "__main__":
-    a = json.loads(Path(sys.argv[1]).read_text())
-    try:
-        train_stage(a)
-    finally:
-        import torch.distributed as dist
+    from sailflow.gpu import torchrun_entry
 
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+    torchrun_entry(train_stage)
