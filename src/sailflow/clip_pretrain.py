@@ -54,6 +54,7 @@ from sailflow.config import digest, without
 from sailflow.data.images import decode_rgb
 from sailflow.data.shards import captioned_samples, read_sample_bytes
 from sailflow.dtypes import autocast_dtype
+from sailflow.gpu import init_distributed
 from sailflow.io import atomic_path, read_json, write_json
 from sailflow.resume import finish_state, load_checkpoint, prepare_state, run_identity, save_checkpoint
 
@@ -344,19 +345,6 @@ def warmup_steps(s: dict, total: int) -> int:
 
 
 # ---- the training program ------------------------------------------------------------------------
-def _dist_setup():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def save_state(state_dir: Path, model, opt, step: int, fingerprint: str, log_lines: int, running: torch.Tensor, n_running: int) -> None:
     """Write the training state at ``step`` (rank 0), with the loss summed so far in the current log
     interval, so a resumed run logs exactly what an uninterrupted one does."""
@@ -390,7 +378,7 @@ def train(args: dict, log=sys.stderr) -> dict:
     s = args["settings"]
     out_dir = Path(args["out_dir"])
     state_dir = out_dir / "state"
-    rank, world, device = _dist_setup()
+    rank, world, device = init_distributed()
     seed = int(s["seed"])
     model_cfg, preprocess_cfg = check_model_config(s["model"]), s.get("preprocess") or {}
     amp = autocast_dtype(s.get("precision", "fp32"))

@@ -98,6 +98,23 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
         time.sleep(poll)
 
 
+def init_distributed():
+    """``(rank, world, device)`` of this process: under torchrun (``WORLD_SIZE`` > 1) the process group is
+    joined (NCCL on GPUs, gloo on CPUs) and the device is GPU ``LOCAL_RANK``; otherwise ``(0, 1, cuda:0 or cpu)``."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
 def torchrun_entry(train) -> None:
     """The ``__main__`` of a module :func:`launch` runs under torchrun: ``train(args)`` with the JSON
     arguments file named by ``argv[1]``, then the process group closed: after a barrier when ``train``

@@ -16,7 +16,6 @@ flag records the first bad step and is read at every log interval.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from sailflow.align.optim import lr_at, make_optimizer
 from sailflow.config import ALIGN_RUNTIME_KEYS, without
 from sailflow.dtypes import autocast_dtype
 from sailflow.embeddings import open_chunks
+from sailflow.gpu import init_distributed
 from sailflow.io import atomic_path
 from sailflow.resume import finish_state, load_checkpoint, prepare_state, run_identity, save_checkpoint
 
@@ -70,26 +70,13 @@ def _tensorboard(path: Path):
     return SummaryWriter(str(path))
 
 
-def _dist_setup():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def train(args: dict, log=sys.stderr) -> dict:
     """Train a head. ``args``: image / text / extra (lists of chunk paths, extra may be empty),
     samples (chunk samples.parquet paths), settings (the align config), out_dir, meta (names)."""
     s = args["settings"]
     out_dir = Path(args["out_dir"])
     state_dir = out_dir / "state"
-    rank, world, device = _dist_setup()
+    rank, world, device = init_distributed()
     torch.manual_seed(int(s["seed"]))
     labels = {"image": args["image"], "text": args["text"]}
     if args.get("extra"):
