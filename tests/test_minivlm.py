@@ -100,7 +100,7 @@ def test_minivlm_demo_trains_from_urls_to_a_chat_model(tmp_path):
     cfg["datasets"]["shapes"]["n_chunks"] = 1
     run = cfg["llava_runs"]["minivlm_demo"]
     run["pretrain"]["epochs"] = 0.5  # ~15 steps of 32
-    run["finetune"]["epochs"] = 0.25  # ~16 steps of 32
+    run["finetune"]["epochs"] = 0.5  # ~17 steps of 32 (1,040 records)
     write_config(workdir, cfg)
     snakemake(workdir, "--cores", "2", "results/clip_demo/clip_eval.json", "results/minivlm_demo/llava/finetune/config.json",
               timeout=1800)
