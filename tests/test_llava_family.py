@@ -85,14 +85,14 @@ def test_family_demo_variants_train_and_are_scored(demo):
     write_config(demo, cfg)
     try:
         snakemake(demo, "--cores", "2", timeout=2400)  # the default targets (done) and the report's figures
+        metrics = (demo / "results/report/metrics.html").read_text()
+        for run in ("demo", "llava_demo", *DEMO_RUNS):
+            assert run in metrics, run
+        for run in DEMO_RUNS:
+            assert (demo / f"results/{run}/report/llava_training.svg").stat().st_size > 0, run
     finally:  # the session's demo stays as it was for the next test, its report included
         write_config(demo, original)
         snakemake(demo, "--cores", "2", check=False)
-    metrics = (demo / "results/report/metrics.html").read_text()
-    for run in ("demo", "llava_demo", *DEMO_RUNS):
-        assert run in metrics, run
-    for run in DEMO_RUNS:
-        assert (demo / f"results/{run}/report/llava_training.svg").stat().st_size > 0, run
     for run in DEMO_RUNS:
         for stage in ("pretrain", "finetune"):
             losses = _losses(demo / f"results/{run}/llava/{stage}/train_log.jsonl")
