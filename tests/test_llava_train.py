@@ -255,3 +255,20 @@ def test_hf_export_generates_the_same_greedy_tokens(parts, stage2, tmp_path):
         ours = vlm.model.generate([prompt], vlm._pixels([image]), max_new_tokens=6, stop_token_ids=stops,
                                   pad_token_id=vlm.tokenizer.pad_token_id)[0]
         assert gen == ours
+
+
+def test_group_by_modality_is_off_when_the_data_has_one_modality(parts, tmp_path):
+    """LLaVA's modality-grouped sampler needs both modalities: on all-image captions the stage runs with a
+    random sampler, says so in its log and records it in its manifest (Quilt-LLaVA's all-image data)."""
+    import io
+
+    from sailflow.llava.train import group_by_modality, train_stage
+
+    assert group_by_modality(True, n_images=5, n_text=3) is True
+    assert group_by_modality(True, n_images=5, n_text=0) is False and group_by_modality(True, n_images=0, n_text=3) is False
+    assert group_by_modality(False, n_images=5, n_text=3) is False
+    log = io.StringIO()
+    out = tmp_path / "pretrain"
+    train_stage(stage_args(parts, "pretrain", out, group_by_modality_length=True), log=log)
+    assert "group_by_modality_length: off, the data has no text-only records" in log.getvalue()
+    assert json.loads((out / "config.json").read_text())["group_by_modality_length"] is False

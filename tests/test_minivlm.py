@@ -4,6 +4,7 @@ and the real run's plan."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -88,32 +89,38 @@ def _losses(path: Path) -> list[float]:
 
 
 @pytest.mark.e2e
-def test_minivlm_demo_trains_from_urls_to_a_chat_model(tmp_path):
-    """The demo's shapes (1,000, one chunk) downloaded, clip_demo trained on their raw alt-texts and scored
-    zero-shot on the held-out colour set (well above chance), then minivlm_demo's two stages on its ViT with the
-    tower trained in both: finite, decreasing losses, the tower of each stage saved and carried into the next."""
+def test_minivlm_demo_trains_from_urls_to_a_chat_model(demo):
+    """On the demo's shapes (its download and held-out sets): clip_demo trained from scratch on their raw
+    alt-texts and scored zero-shot on the held-out colour and shape sets (both above chance), then
+    minivlm_demo's two stages on its ViT with the tower trained in both: finite, decreasing losses, the tower
+    of each stage saved and carried into the next."""
     from sailflow.llava.generate import VisionLanguageModel
 
-    workdir = tmp_path / "work"
-    cfg = repo_config()
-    cfg["demo"].update(n_train=1000, n_eval=200, eval_sets={"winoground_examples": 10, "mmvp_pairs_per_pattern": 2})
-    cfg["datasets"]["shapes"]["n_chunks"] = 1
+    workdir, original = demo
+    cfg = copy.deepcopy(original)
     run = cfg["llava_runs"]["minivlm_demo"]
-    run["pretrain"]["epochs"] = 0.5  # ~15 steps of 32
-    run["finetune"]["epochs"] = 0.5  # ~17 steps of 32 (1,040 records)
+    run["pretrain"]["epochs"] = 0.25  # ~23 steps of 32
+    run["finetune"]["epochs"] = 0.25  # ~24 steps of 32 (3,123 records)
     write_config(workdir, cfg)
-    snakemake(workdir, "--cores", "2", "results/clip_demo/clip_eval.json", "results/minivlm_demo/llava/finetune/config.json",
-              timeout=1800)
+    try:  # neither run is a default target: the demo's own outputs stay up to date
+        snakemake(workdir, "--cores", "2", "results/clip_demo/clip_eval.json", "results/minivlm_demo/llava/finetune/config.json",
+                  timeout=1800)
+    finally:
+        write_config(workdir, original)
 
     # the CLIP: trained as configured, scored with each metric's chance level
     clip = json.loads((workdir / "results/clip_demo/clip/manifest.json").read_text())
     assert clip["steps"] == cfg["clip_runs"]["clip_demo"]["steps"] and clip["run"] == "clip_demo"
-    assert clip["losses"][-1]["loss"] < 0.8 * clip["losses"][0]["loss"]
+    assert clip["losses"][-1]["loss"] < 0.6 * clip["losses"][0]["loss"]
     scores = json.loads((workdir / "results/clip_demo/clip_eval.json").read_text())
-    assert set(scores["tasks"]) == {"demo_colour"} and scores["fingerprint"] == clip["fingerprint"]
-    colour = scores["tasks"]["demo_colour"]
-    assert colour["counts"]["images"] == 200 and colour["chance"]["acc1"] == pytest.approx(1 / 8)
-    assert scores["metrics"]["demo_colour/acc1"] > 2 * scores["chance"]["demo_colour/acc1"], scores["metrics"]
+    assert set(scores["tasks"]) == {"demo_colour", "demo_shape"} and scores["fingerprint"] == clip["fingerprint"]
+    for task, classes in (("demo_colour", 8), ("demo_shape", 6)):
+        t = scores["tasks"][task]
+        assert t["counts"]["images"] == len(list((workdir / "results/demo/evalsets" / task.removeprefix("demo_")).rglob("*.png")))
+        assert t["chance"]["acc1"] == pytest.approx(1 / classes)
+    # measured 0.87 (chance 0.125) and 0.26 (chance 0.167, 500 images: 0.017 is one standard deviation of chance)
+    assert scores["metrics"]["demo_colour/acc1"] > 3 * scores["chance"]["demo_colour/acc1"], scores["metrics"]
+    assert scores["metrics"]["demo_shape/acc1"] > scores["chance"]["demo_shape/acc1"] + 0.05, scores["metrics"]
 
     # the two stages: finite losses that fall; the ViT trained in both, the text half of the CLIP untouched
     base = load_file(str(workdir / "results/clip_demo/clip/open_clip_model.safetensors"))

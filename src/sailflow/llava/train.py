@@ -547,7 +547,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     pad = tokenizer.pad_token_id
     trainer = LlavaTrainer(model=model, args=targs, train_dataset=dataset, data_collator=lambda b: collate(b, pad),
                            callbacks=[JsonlLog(out_dir / "train_log.jsonl", log, per_device * world * accum * float(sum(dataset.lengths)) / len(dataset))])
-    trainer.group_by_modality = bool(s.get("group_by_modality_length", False))
+    trainer.group_by_modality = group_by_modality(bool(s.get("group_by_modality_length", False)), n_images, len(dataset) - n_images,
+                                                  log if rank == 0 else None)
     trainer.world_for_grouping = world * accum
     trainer.connector_lr = float(s["connector_lr"]) if s.get("connector_lr") else None
     if template.draws_per_epoch:
@@ -559,7 +560,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
 
     info = {"steps": int(trainer.state.global_step), "samples": len(dataset), "image_samples": n_images, "dropped": dict(drops),
             "train_loss": float(result.training_loss), "trainable_parameters": n_train, "world": world,
-            "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder, "tower_from_previous": carried}
+            "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder, "tower_from_previous": carried,
+            "group_by_modality_length": trainer.group_by_modality}
     info["remgcl"] = remgcl.to_dict() if remgcl is not None else None
     save_stage(trainer, model, tokenizer, tower, args, info, out_dir)
     if world > 1:
@@ -569,6 +571,18 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     if rank == 0:
         finish_state(state_dir)
     return info
+
+
+def group_by_modality(requested: bool, n_images: int, n_text: int, log=None) -> bool:
+    """LLaVA's ``group_by_modality_length`` where it means something: on only when the stage's data holds
+    both image and text-only records. With one modality it is off, a plain random sampler (as Quilt-LLaVA
+    runs its all-image data; LLaVA's sampler crashes there), and the log says so."""
+    if requested and (n_images == 0 or n_text == 0):
+        if log is not None:
+            print(f"[llava] group_by_modality_length: off, the data has {'no text-only' if n_text == 0 else 'no image'} "
+                  "records (a random sampler)", file=log, flush=True)
+        return False
+    return requested
 
 
 def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir: Path) -> None:
