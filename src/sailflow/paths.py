@@ -150,6 +150,11 @@ def llava_demo_evalsets() -> str:
     return f"{RESULTS}/demo/llava/evalsets"
 
 
+def ocr_set(name: str) -> str:
+    """An ``ocr_sets`` entry's records with their OCR regions (the ``ocr`` rule)."""
+    return f"{RESULTS}/ocr/{name}.json"
+
+
 # ---- CLIP from scratch (miniVLM's first stage) ---------------------------------------------------
 def clip_dir(run: str) -> str:
     """A CLIP trained from scratch: ``open_clip_config.json``, ``open_clip_model.safetensors``,

@@ -193,6 +193,7 @@ def text_embedding_paths(dataset, text, sources=None):
 RUNS = config["runs"]
 LLAVA_RUNS = config["llava_runs"]
 CLIP_RUNS = config["clip_runs"]  # CLIPs trained from scratch (the clip section below)
+OCR_SETS = config["ocr_sets"]  # LLaVA records given OCR regions by the ocr rule
 LLMS = config["llms"]
 
 
@@ -480,12 +481,19 @@ def llava_connector(run):
     return {"kind": c} if isinstance(c, str) else dict(c)
 
 
+def default_images(json_path):
+    """Where a record file's images are when its data entry does not say: an ocr set's own images for its
+    output (results/ocr/{name}.json), else the file's folder."""
+    name = next((n for n in OCR_SETS if PurePosixPath(paths.ocr_set(n)) == PurePosixPath(json_path)), None)
+    return OCR_SETS[name]["images"] if name else str(Path(json_path).parent)
+
+
 def llava_data(run, stage):
     """The stage's data for the trainer: LLaVA JSON files, or a dataset's chunk tables and tars."""
     out = []
     for d in LLAVA_RUNS[run][stage]["data"]:
         if "json" in d:
-            out.append({"json": d["json"], "images": d.get("images", str(Path(d["json"]).parent))})
+            out.append({"json": d["json"], "images": d.get("images", default_images(d["json"]))})
         else:
             ds = d["dataset"]
             out.append(

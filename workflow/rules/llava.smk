@@ -34,6 +34,28 @@ rule llava_demo_data:
         "../scripts/llava_demo_data.py"
 
 
+rule ocr:
+    input:
+        records=lambda w: OCR_SETS[w.name]["json"],
+    output:
+        paths.ocr_set("{name}"),
+    log:
+        "logs/ocr/{name}.log",
+    benchmark:
+        "logs/benchmark/ocr/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(map(re.escape, OCR_SETS)) or "(?!)",
+    conda:
+        "../../envs/sailflow.yaml"
+    threads: lambda w: OCR_SETS[w.name]["threads"]
+    params:
+        images=lambda w: OCR_SETS[w.name]["images"],
+        # what decides the regions (not the thread count)
+        settings=lambda w: without(OCR_SETS[w.name], {"json", "images", "threads"}),
+    script:
+        "../scripts/ocr.py"
+
+
 rule llava_pretrain:
     input:
         unpack(llava_inputs("pretrain")),
