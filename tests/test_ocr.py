@@ -134,6 +134,13 @@ def test_ocr_rule_gives_records_their_text_regions_and_a_stage_waits_for_it(work
     assert counts == {"images": 3, "kept": 1, "no_text": 1, "ocr_failed": 1, "regions": 4, "text_only": 1, "with_text": 2}
     assert "broken.png" in log.split("[ocr] failed: ")[1]
 
+    # an engine that fails on every image (a language not installed) stops the job; nothing is written
+    cfg["ocr_sets"]["klingon"] = {"json": "data/signs.json", "images": "data/signs", "lang": "tlh"}
+    write_config(workdir, cfg)
+    proc = snakemake(workdir, "--cores", "1", "results/ocr/klingon.json", check=False)
+    assert proc.returncode != 0 and not (workdir / "results/ocr/klingon.json").exists()
+    assert "data/signs.json: Tesseract failed on all 3 images" in (workdir / "logs/ocr/klingon.log").read_text()
+
     # the trainer's reader takes the output as it is
     read, drops = read_records(workdir / "results/ocr/signs.json", images)
     by_id = {r.id: r for r in read}

@@ -119,4 +119,6 @@ def add_ocr_regions(records: list, image_root: str | Path, source: str, settings
             if progress is not None:
                 progress.update(1)
     counts["images"] = len(todo)
+    if todo and counts["ocr_failed"] == sum(len(v) for v in todo.values()):  # the engine, not the images (e.g. a language not installed)
+        raise OcrError(f"{source}: Tesseract failed on all {len(todo)} images; the first: {failures[0]}")
     return out, dict(counts), failures
