@@ -566,12 +566,10 @@ def llava_runtime(key):
 def llava_exportable(run):
     from sailflow.llava.export import exportable  # torch-free check of the parts
 
-    r, tower = LLAVA_RUNS[run], llava_tower(run)
-    if llava_settings(run, "finetune")["template"].startswith("t5_"):
+    r, tower, finetune = LLAVA_RUNS[run], llava_tower(run), llava_settings(run, "finetune")
+    if finetune["template"].startswith("t5_"):
         return False  # an encoder-decoder (Flan-T5) has no LlavaForConditionalGeneration to export to
-    return r["export"] and exportable(
-        tower["kind"], llava_connector(run)["kind"], bool(llava_settings(run, "finetune").get("lora")), tower.get("layer")
-    )
+    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(finetune.get("lora")), tower.get("layer"))
 
 
 def llava_targets(run):
