@@ -62,8 +62,11 @@ def test_a_missing_tesseract_is_a_clear_error(tmp_path):
 def _tesseract() -> str:
     found = shutil.which("tesseract")
     if found is None and os.environ.get("SAILFLOW_TEST_SLURM") == "install":
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "tesseract-ocr", "tesseract-ocr-eng"],
-                       check=True, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "tesseract-ocr", "tesseract-ocr-eng"]
+        if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:  # no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=900)
+            subprocess.run(install, check=True, capture_output=True, env=env, timeout=900)
         found = shutil.which("tesseract")
     if found is None:
         pytest.skip("needs Tesseract (apt-get install tesseract-ocr); SAILFLOW_TEST_SLURM=install installs it")
