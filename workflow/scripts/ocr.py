@@ -6,21 +6,16 @@ import json
 from tqdm import tqdm
 
 from sailflow.io import write_json
-from sailflow.llava.ocr import OcrError, add_ocr_regions
+from sailflow.llava.data import load_json_records
+from sailflow.llava.ocr import add_ocr_regions
 from sailflow.logs import log_to
 
 
 def main(smk):
     log = log_to(smk.log[0])
     source = str(smk.input.records)
-    try:
-        records = json.loads(open(source, encoding="utf-8").read())
-    except json.JSONDecodeError as e:
-        raise OcrError(f"{source}: not JSON ({e})") from None
-    if not isinstance(records, list):
-        raise OcrError(f"{source}: a LLaVA record file is a JSON list, this is a {type(records).__name__}")
-    n_images = len({r.get("image") for r in records if isinstance(r, dict) and r.get("image")})
-    with tqdm(total=n_images, desc=f"ocr {smk.wildcards.name}", file=log, mininterval=10) as bar:
+    records = [item for _, item in load_json_records(source)]  # a JSON array or JSONL, as the stages read it
+    with tqdm(desc=f"ocr {smk.wildcards.name}", file=log, mininterval=10) as bar:
         out, counts, failures = add_ocr_regions(records, smk.params.images, source, dict(smk.params.settings),
                                                 threads=int(smk.threads), progress=bar)
     print(f"[ocr] {smk.wildcards.name}: {json.dumps(counts, sort_keys=True)}", file=log, flush=True)

@@ -87,8 +87,13 @@ class RecordError(ValueError):
         super().__init__(f"{source}: record {record_id}: {message}")
 
 
-def _load_json_records(path: Path, on_error: str, drops: Counter, examples: dict) -> list[tuple[str, object]]:
-    """(label, item) per record of a JSON array or a JSONL file; label names the record's position."""
+def load_json_records(path, on_error: str = "error", drops: Counter | None = None, examples: dict | None = None) -> list[tuple[str, object]]:
+    """(label, item) per record of a JSON array or a JSONL file, as they are (unchecked); label names the
+    record's position. A JSONL line that is not JSON raises, or with ``on_error="drop"`` is counted in
+    ``drops`` (``bad_json``, an example in ``examples``)."""
+    path = Path(path)
+    drops = Counter() if drops is None else drops
+    examples = {} if examples is None else examples
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
@@ -173,7 +178,7 @@ def read_records(path, image_folder, *, on_error: str = "error", log=sys.stderr)
     drops: Counter = Counter()
     examples: dict[str, str] = {}
     records = []
-    for label, item in _load_json_records(path, on_error, drops, examples):
+    for label, item in load_json_records(path, on_error, drops, examples):
         try:
             records.append(_check_record(item, label, path, image_folder))
         except RecordError as e:

@@ -68,13 +68,13 @@ def tesseract(path: str | Path, executable: str, lang: str = "eng", psm: int = 1
 
 
 def add_ocr_regions(records: list, image_root: str | Path, source: str, settings: dict, threads: int = 1, progress=None):
-    """``records`` (a LLaVA JSON list) with ``ocr`` regions on every record with an image, and the counts.
+    """``records`` (a LLaVA record list) with ``ocr`` regions on every record with an image, and the counts.
 
     ``settings``: executable, lang, psm, min_conf, level, overwrite (records that already carry ``ocr``
-    keep it unless set). Each image is read once, ``threads`` at a time. An image Tesseract cannot read is
-    a counted failure (``ocr_failed``, the first few named in ``failures``), its record kept without
-    regions; a record that is not an object, or an image that does not exist, is an error naming
-    ``source`` and the record."""
+    keep it unless set). Each image is read once, ``threads`` at a time; ``progress`` (a tqdm bar) counts
+    them. An image Tesseract cannot read is a counted failure (``ocr_failed``, the first few named in
+    ``failures``), its record kept without regions; a record that is not an object, or an image that does
+    not exist, is an error naming ``source`` and the record."""
     exe = find_tesseract(settings.get("executable", "tesseract"), source)
     root = Path(image_root)
     todo: dict[Path, list[int]] = {}
@@ -103,6 +103,8 @@ def add_ocr_regions(records: list, image_root: str | Path, source: str, settings
 
     out = [dict(r) for r in records]
     failures = []
+    if progress is not None:
+        progress.reset(total=len(todo))  # the images to read (not those of records that keep their regions)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for path, regions, error in pool.map(one, todo):
             if regions is None:
