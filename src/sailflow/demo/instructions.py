@@ -105,7 +105,9 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
 def demo_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
     """What the demo's tiny LLM is pre-trained on (and its tokenizer learns from): the captions, the
     instruction conversations, and the vicuna_v1 system prompt and role names stage 2 wraps them in (so
-    they become a few tokens, not a hundred)."""
+    the LLM has read them before stage 2). The demo's 512-token vocabulary has too few merges left for
+    the prompt's rarer words: it is 104 tokens, mostly pieces of words (a 1,024-token vocabulary makes it
+    35, but was not adopted: one demo run with it scored lower on the short-answer questions)."""
     import csv
 
     from sailflow.llava.templates import VICUNA_SYSTEM
