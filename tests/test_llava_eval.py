@@ -43,6 +43,40 @@ def test_answers_batched_and_sorted_equal_one_at_a_time_in_question_order(parts,
     assert batched[-1]["text"] == vlm.generate([None], [batched[-1]["prompt"]], max_new_tokens=6)[0]  # text-only: no image token
 
 
+def test_greedy_answers_ignore_the_decoding_settings_an_llm_ships(parts, vlm):
+    """LLaVA's protocol is greedy and nothing else: a repetition penalty or suppressed tokens in the LLM's
+    own generation_config (Qwen2-Instruct ships a repetition_penalty) change no answer, streamed or not."""
+    import io
+
+    items = _items(parts)
+    images, prompts = [it.image for it in items], [it.question for it in items]
+    plain = vlm.generate(images, prompts, max_new_tokens=6)
+    first_tokens = sorted({vlm.tokenizer(a, add_special_tokens=False).input_ids[0] for a in plain if a})
+    assert first_tokens
+    lm = vlm.model.language_model
+    own = lm.generation_config
+    shipped = own.__class__.from_dict({**own.to_dict(), "repetition_penalty": 50.0, "suppress_tokens": first_tokens,
+                                       "no_repeat_ngram_size": 1})
+    lm.generation_config = shipped
+    try:
+        assert vlm.generate(images, prompts, max_new_tokens=6) == plain
+        assert lm.generation_config is shipped  # put back after each call
+        for image, prompt, answer in zip(images[:3] + images[-1:], prompts[:3] + prompts[-1:], plain[:3] + plain[-1:]):
+            assert vlm.chat(image, prompt, max_new_tokens=6, stream=True, file=io.StringIO()) == answer  # text-only too
+    finally:
+        lm.generation_config = own
+
+
+def test_vqascore_refuses_a_stage_that_discards_the_question(stage1):
+    from sailflow.llava.generate import VisionLanguageModel
+    from sailflow.llava.vqascore import vqascore
+
+    vlm1 = VisionLanguageModel.from_run(stage1, device="cpu")
+    assert vlm1.template.name == "plain"
+    with pytest.raises(ValueError, match="'plain' .* discards it"):
+        vqascore(vlm1, [None], ["a red square", "a blue square"])
+
+
 def test_answers_on_two_processes_merge_in_question_order(parts, stage2, tmp_path):
     from sailflow.llava.answer import answer_file, chunks
     from sailflow.llava.benchmarks import read_answers

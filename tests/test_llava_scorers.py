@@ -130,6 +130,8 @@ OPTIONS = {"A": "red", "B": "blue", "C": "green"}
     ("red or blue", None),  # two texts
     ("a", None), ("b.", None),  # letters are case-sensitive, as in MMBench's can_infer_option
     ("D", None),  # not an option
+    ("I'm sorry, but without the image provided I cannot say; maybe red", None),  # a refusal, though it names an option
+    ("Cannot determine the answer. B", None),
 ])
 def test_mc_extract(answer, expected):
     assert mc_extract(answer, OPTIONS) == expected

@@ -46,6 +46,7 @@ def export_hf(stage: str | Path, out_dir: str | Path, *, log=sys.stderr) -> dict
 
     from sailflow.io import write_json
     from sailflow.llava.generate import VisionLanguageModel, load_stage
+    from sailflow.llava.model import greedy_decoding
     from sailflow.llava.train import _save_dir
 
     model, tokenizer, manifest = load_stage(stage)
@@ -102,9 +103,9 @@ def export_hf(stage: str | Path, out_dir: str | Path, *, log=sys.stderr) -> dict
     ids = []
     for t in vlm.prompt_ids("What is in the image?"):
         ids += [image_id] * tower.n_tokens if t < 0 else [t]
-    with torch.no_grad():
-        gen = back.generate(input_ids=torch.tensor([ids]), pixel_values=vlm._pixels([probe]), max_new_tokens=8, do_sample=False,
-                            num_beams=1, eos_token_id=vlm.template.stop_token_ids(), pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+    with torch.no_grad(), greedy_decoding(back, max_new_tokens=8, stop_token_ids=vlm.template.stop_token_ids(),
+                                          pad_token_id=tok.pad_token_id) as config:
+        gen = back.generate(input_ids=torch.tensor([ids]), pixel_values=vlm._pixels([probe]), generation_config=config)[0, len(ids):].tolist()
     stops = vlm.template.stop_token_ids()
     gen = gen[: next((i for i, t in enumerate(gen) if t in stops), len(gen))]
     if gen != ours:

@@ -129,17 +129,20 @@ class VisionLanguageModel:
             return self.generate([image], [question], max_new_tokens)[0]
         from transformers import TextStreamer
 
+        from sailflow.llava.model import greedy_decoding
+
         class _Streamer(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False):
                 print(text, end="" if not stream_end else "\n", file=file, flush=True)
 
         m = self.model
-        ids = torch.tensor([self.prompt_ids(question)], device=self.device)
+        ids = torch.tensor([self.prompt_ids(question, image is not None)], device=self.device)
         embeds, attn, _, _ = m.prepare(ids, None, None, self._pixels([image]).to(self.device), padding_side="left")
         streamer = _Streamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        row = m.language_model.generate(inputs_embeds=embeds, attention_mask=attn.long(), max_new_tokens=max_new_tokens, do_sample=False,
-                                        num_beams=1, eos_token_id=self.template.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
-                                        streamer=streamer)[0].tolist()
         stops = self.template.stop_token_ids()
+        with greedy_decoding(m.language_model, max_new_tokens=max_new_tokens, stop_token_ids=stops,
+                             pad_token_id=self.tokenizer.pad_token_id) as config:
+            row = m.language_model.generate(inputs_embeds=embeds, attention_mask=attn.long(), generation_config=config,
+                                            streamer=streamer)[0].tolist()
         row = row[: next((i for i, t in enumerate(row) if t in stops), len(row))]
         return self.tokenizer.decode(row, skip_special_tokens=True).strip()

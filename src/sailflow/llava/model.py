@@ -40,6 +40,8 @@ micro-batch's terms are kept in ``remgcl_stats`` (detached) for the trainer's lo
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -54,6 +56,26 @@ def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id:
     out[:, 1:] = labels[:, :-1]
     return out.masked_fill(out == IGNORE_INDEX, pad_token_id)
 
+
+@contextlib.contextmanager
+def greedy_decoding(lm, *, max_new_tokens: int, stop_token_ids: list[int], pad_token_id: int):
+    """``with greedy_decoding(lm, ...) as config: lm.generate(..., generation_config=config)``: LLaVA's
+    protocol (greedy: no sampling, one beam, and nothing else), whatever the LLM ships in its
+    ``generation_config.json``. transformers fills every setting a call leaves unset from the model's
+    own config, so Qwen2-Instruct's ``repetition_penalty`` (1.05 to 1.1) would otherwise reweight every
+    "greedy" step; for the block the model's config is a plain one that keeps only its special tokens
+    (BOS, T5's decoder start token)."""
+    from transformers import GenerationConfig
+
+    own = lm.generation_config
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=list(stop_token_ids),
+                              pad_token_id=pad_token_id, bos_token_id=own.bos_token_id,
+                              decoder_start_token_id=own.decoder_start_token_id)
+    lm.generation_config = config
+    try:
+        yield config
+    finally:
+        lm.generation_config = own
 
 class LlavaModel(nn.Module):
     def __init__(self, vision_tower: nn.Module, multi_modal_projector: nn.Module, language_model: nn.Module, *,
@@ -208,8 +230,9 @@ class LlavaModel(nn.Module):
             pixel_values = pixel_values.to(device)
         side = "right" if self.is_encoder_decoder else "left"
         embeds, attn, _, pos = self.prepare(ids, mask, None, pixel_values, padding_side=side)
-        out = self.language_model.generate(inputs_embeds=embeds, attention_mask=attn.long(), max_new_tokens=max_new_tokens,
-                                           do_sample=False, num_beams=1, eos_token_id=list(stop_token_ids), pad_token_id=pad_token_id)
+        with greedy_decoding(self.language_model, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids,
+                             pad_token_id=pad_token_id) as config:
+            out = self.language_model.generate(inputs_embeds=embeds, attention_mask=attn.long(), generation_config=config)
         answers = []
         for row in out.tolist():  # with inputs_embeds, a decoder's generate returns the new tokens only
             if self.is_encoder_decoder:

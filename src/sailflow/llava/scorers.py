@@ -285,6 +285,8 @@ def quilt_closed_parse(pred: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _MC_MARKS = ".()[],:;!*#{}"
+_MC_REFUSALS = ("Failed to obtain answer via API", "Sorry, I can't help with images of people yet.", "I can't process this file.",
+                "I'm sorry, but without the image provided", "Cannot determine the answer")  # can_infer_option's: no choice
 
 
 def mc_extract(answer: str, options: dict[str, str]) -> str | None:
@@ -299,8 +301,12 @@ def mc_extract(answer: str, options: dict[str, str]) -> str | None:
     3. Else None (two letters such as "A and B", no match, or several texts).
 
     As in VLMEvalKit without ``VERBOSE`` set, an article "A" counts as the letter A ("A cat" -> A
-    if "A" is an option). Refusal strings and a bare "Z" (MMBench's "no option") give None here.
+    if "A" is an option). An answer containing one of ``can_infer_option``'s refusal strings ("I'm
+    sorry, but without the image provided ...") gives None before any matching, even if it names an
+    option; a bare "Z" (MMBench's "no option") gives None.
     """
+    if any(r in answer for r in _MC_REFUSALS):
+        return None
     mod = answer
     for c in _MC_MARKS:
         mod = mod.replace(c, " ")

@@ -167,6 +167,7 @@ class Template:
     encoder_decoder = False  # gives Seq2SeqEncoded (an encoder-decoder LLM's template), else Encoded
     flattens_turns = False  # supervises one answer per sample: multi-turn records are flattened first
     draws_per_epoch = False  # encode(..., index, epoch) draws at random: the dataset re-encodes each epoch
+    reads_question = True  # False for stage 1's templates, which discard the human turn (captioning)
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -287,6 +288,7 @@ class PlainTemplate(Template):
     """Stage 1: ``[bos] <image> caption "\\n"``; labels on the caption and the newline only."""
 
     name = "plain"
+    reads_question = False
 
     def segments(self, conversations, has_image):
         turns = conversation_turns(conversations)
@@ -466,6 +468,7 @@ class T5PlainTemplate(T5Template):
     "<image>": an empty chunk, the image, an empty chunk); labels ``[caption ids..., </s>]``."""
 
     name = "t5_plain"
+    reads_question = False
 
     def encode(self, conversations, has_image, *, index=0, epoch=0):
         caption = self._plain_caption(conversations, has_image)
@@ -497,6 +500,7 @@ class T5PlainSplitTextTemplate(T5Template):
     the reference. The split is re-drawn per (``epoch``, ``index``) of :meth:`encode`, from ``seed``."""
 
     name = "t5_plain_split_text"
+    reads_question = False
     draws_per_epoch = True
 
     def __init__(self, tokenizer, seed: int = 0):

@@ -156,6 +156,9 @@ def vqascore_pairs(vlm, images: list, texts_per_image: list[list[str]], *, quest
         raise ValueError(f"{len(images)} images for {len(texts_per_image)} text lists")
     if share not in SHARE:
         raise ValueError(f"share must be one of {SHARE}, not {share!r}")
+    if not vlm.template.reads_question:
+        raise ValueError(f"VQAScore asks a question, and this stage's template {vlm.template.name!r} (stage 1, captioning) "
+                         "discards it: every text would get the same score. Score a stage-2 (finetune) stage")
     out = []
     for image, texts in zip(images, texts_per_image):
         encs = _encode_texts(vlm, texts, question, answer)
