@@ -186,6 +186,25 @@ def test_kill_in_stage2_then_rerun_resumes_and_ends_like_an_uninterrupted_run(pa
     assert not (tmp_path / "killed" / "state").exists()  # a finished stage keeps no state
 
 
+def test_gradient_checkpointing_through_the_trainer_trains_like_without(parts, stage1, tmp_path):
+    """The stage default (gradient_checkpointing: true, LLaVA's) goes through the Trainer's own call, with
+    transformers' arguments; the checkpointed stage ends where the plain one does."""
+    import os
+
+    from sailflow.llava.train import train_stage
+
+    for on in (False, True):
+        args = stage_args(parts, "finetune", tmp_path / str(on), global_batch_size=4, per_device_batch_size=2,
+                          gradient_checkpointing=on)
+        args["previous"] = str(stage1)
+        train_stage(args, log=open(os.devnull, "w"))
+    for f in ("connector.safetensors", "language_model/model.safetensors"):
+        x, y = load_file(str(tmp_path / "False" / f)), load_file(str(tmp_path / "True" / f))
+        assert x.keys() == y.keys()
+        for k in x:  # the same up to float summation order (the recomputed forward)
+            torch.testing.assert_close(y[k], x[k], rtol=1e-4, atol=1e-5, msg=f"{f}: {k}")
+
+
 def test_lora_adapter_saved_and_loaded_gives_identical_logits(parts, stage1, tmp_path, monkeypatch):
     import sailflow.llava.train as T
     from sailflow.llava.generate import load_stage

@@ -204,11 +204,18 @@ class LlavaModel(nn.Module):
             loss = total / torch.as_tensor(n, device=total.device).to(total.dtype)
         return Seq2SeqLMOutput(loss=loss, logits=out.logits, encoder_last_hidden_state=out.encoder_last_hidden_state)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        """Checkpoint the LLM's layers (non-reentrant: frozen embeddings under LoRA keep their gradient path)."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False):
+        """Checkpoint the LLM's layers (non-reentrant: frozen embeddings under LoRA keep their gradient path).
+        The Trainer calls it (``activation_checkpointing``, the stage's ``gradient_checkpointing``) with
+        transformers' arguments, passed on to the LLM's own method."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers,
+                                                            offload=offload)
         self.language_model.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        """transformers' older name for :meth:`activation_checkpointing_enable` (its Trainer falls back to it)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ---- generation --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """One LLaVA training stage with transformers' Trainer (+ DeepSpeed ZeRO), resumable.
 
     pretrain (stage 1)   the connector only; tower and LLM frozen; template `plain`; ZeRO-2
-    finetune (stage 2)   connector + LLM (or LoRA adapters on the LLM, connector at its own lr), and on
+    finetune (stage 2)   connector + LLM (or LoRA adapters on the LLM; the connector at `connector_lr` if set), and on
                          request the SAIL head (`tune_head`) and the tower (`unlock_tower`); `v1`; ZeRO-3
 
 The LLM is a decoder (AutoModelForCausalLM) or an encoder-decoder (AutoModelForSeq2SeqLM: Flan-T5, as
