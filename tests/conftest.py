@@ -73,7 +73,8 @@ def placeholders(workdir: Path, cfg: dict, run: str) -> list[str]:
     from sailflow.llava import benchmarks, vqascore
 
     r = cfg["llava_runs"][run]
-    files = [d["json"] for stage in ("pretrain", "finetune") for d in r[stage]["data"] if "json" in d]
+    made = {f"results/ocr/{name}.json": spec["json"] for name, spec in cfg.get("ocr_sets", {}).items()}  # rule ocr's
+    files = [made.get(d["json"], d["json"]) for stage in ("pretrain", "finetune") for d in r[stage]["data"] if "json" in d]
     for task in r["eval"]:
         spec = cfg["llava_eval_tasks"][task]
         files += vqascore.spec_files(spec, cfg["eval_tasks"]) if spec["kind"] == "vqascore" else benchmarks.spec_files(spec)

@@ -71,6 +71,19 @@ def test_workflow_stops_on_a_typo_before_any_job(workdir):
     assert "Job stats" not in out and "$schema" not in out  # stopped at start, without dumping the schema
 
 
+def test_a_llava_batch_the_gpus_cannot_split_stops_the_plan(workdir):
+    """global_batch_size = per-device x GPUs x accumulation: a run that breaks it fails when planned, naming the
+    run and stage, not after its job has waited for 8 GPUs."""
+    cfg = repo_config()
+    cfg["llava_runs"]["llava15_7b"]["pretrain"]["per_device_batch_size"] = 64  # 64 x 8 GPUs does not divide 256
+    write_config(workdir, cfg)
+    proc = snakemake(workdir, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert ("llava_runs.llava15_7b.pretrain: global_batch_size 256 is not a multiple of per_device_batch_size 64 x 8 GPUs"
+            in out), out[-2000:]
+
+
 def _filled(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     validate(cfg, str(SCHEMA))

@@ -77,6 +77,32 @@ def test_exif_orientation_applied():
     assert out.size == (20, 40)
 
 
+def test_llava_reads_the_stored_pixels_as_its_reference_does(tmp_path):
+    """LLaVA's code reads ``Image.open(f).convert("RGB")``: no EXIF rotation, alpha dropped. Its training reader
+    and its evaluation / chat reader both do, where the SAIL stages turn the image upright and put alpha on white."""
+    from sailflow.data.images import decode_rgb_as_stored
+    from sailflow.llava.data import ImageRef
+    from sailflow.llava.generate import _rgb
+
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif, quality=95)
+    rgba = _png(Image.new("RGBA", (8, 8), (255, 0, 0, 0)))  # fully transparent red
+    for data in (buf.getvalue(), rgba):
+        ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        f = tmp_path / f"{len(data)}.img"
+        f.write_bytes(data)
+        for got in (decode_rgb_as_stored(data), ImageRef(str(f)).read(), _rgb(str(f)), _rgb(data)):
+            assert np.array_equal(np.asarray(got), ref)
+    assert decode_rgb_as_stored(buf.getvalue()).size == (40, 20)  # as stored; decode_rgb gives (20, 40)
+    assert tuple(np.asarray(decode_rgb_as_stored(rgba))[0, 0]) == (255, 0, 0)  # decode_rgb: white
+    with pytest.raises(ImageRejected):
+        decode_rgb_as_stored(b"<html>no</html>")
+
+
 def test_rejections():
     assert _reason(b"<html>no</html>") == "undecodable"
     assert _reason(b"") == "undecodable"

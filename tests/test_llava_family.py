@@ -30,6 +30,8 @@ def test_real_family_runs_plan_to_their_benchmarks(workdir, run):
     generated = [t for t in tasks if cfg["llava_eval_tasks"][t]["kind"] != "vqascore"]
     assert jobs["llava_pretrain"] == 1 and jobs["llava_finetune"] == 1 and jobs["llava_eval_summary"] == 1
     assert jobs.get("llava_answers", 0) == len(generated) and jobs.get("llava_vqascore", 0) == len(tasks) - len(generated)
+    ocr = {d["json"] for d in cfg["llava_runs"][run]["finetune"]["data"] if d["json"].startswith("results/ocr/")}
+    assert jobs.get("ocr", 0) == len(ocr) == (2 if run == "remgcl_7b" else 0)  # REMGCL's records get their OCR regions
     assert "llava_export" not in jobs  # llava_eval.json needs no export (and a T5 run has none)
 
 

@@ -67,6 +67,22 @@ def _decode_error(e: Exception) -> ImageRejected:
     return ImageRejected(reason, f"{type(e).__name__}: {e}")
 
 
+def decode_rgb_as_stored(data: bytes) -> Image.Image:
+    """``data`` as LLaVA's code reads an image (``Image.open(f).convert("RGB")``): the stored pixels, no
+    EXIF rotation, an alpha channel dropped (not put on white), other modes as PIL converts them. LLaVA
+    training and evaluation read images this way, so a model sees the pixels the reference's would (phone
+    photos, as in VizWiz and TextVQA, often carry an EXIF rotation) and OCR boxes, which Tesseract
+    measures on the stored pixels, fall where their text is. :class:`ImageRejected` when it cannot decode."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            return img.convert("RGB")
+    except Exception as e:
+        raise _decode_error(e) from None
+
+
 def decode_rgb(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
     """Fully decode ``data`` into an upright RGB image, or raise :class:`ImageRejected`.
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sailflow.data.images import decode_rgb
+from sailflow.data.images import decode_rgb_as_stored
 from sailflow.data.shards import captioned_samples, read_sample_bytes
 from sailflow.llava.remgcl import OcrRegion, RegionMapper, RemgclError, parse_ocr
 from sailflow.llava.templates import (
@@ -60,7 +60,7 @@ class ImageRef:
             else:
                 path = Path(self.path)
                 data = read_sample_bytes(path.parent, path.name, self.offset, self.size)
-            return decode_rgb(data)
+            return decode_rgb_as_stored(data)
         except Exception as e:
             where = self.path if self.offset is None else f"{self.path} (member at offset {self.offset}, {self.size} bytes)"
             raise OSError(f"{where}: cannot read this image ({type(e).__name__}: {e})") from None

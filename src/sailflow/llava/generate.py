@@ -80,6 +80,18 @@ def load_stage(directory: str | Path, device: str = "cpu", dtype: torch.dtype = 
     return model.eval().to(device), tokenizer, manifest
 
 
+def _rgb(image):
+    """An image path, encoded bytes or a PIL image as RGB, read as LLaVA reads them (stored pixels, no EXIF
+    rotation: :func:`sailflow.data.images.decode_rgb_as_stored`)."""
+    from sailflow.data.images import decode_rgb_as_stored
+
+    if isinstance(image, (str, Path)):
+        return decode_rgb_as_stored(Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray)):
+        return decode_rgb_as_stored(bytes(image))
+    return image.convert("RGB")
+
+
 class VisionLanguageModel:
     """A finished LLaVA stage with its tokenizer, template and image preprocessing."""
 
@@ -99,8 +111,6 @@ class VisionLanguageModel:
         """Preprocessed images; ``None`` (a text-only question) gets a black image whose features are
         spliced with zero length (its prompt has no image placeholder)."""
         from PIL import Image
-
-        from sailflow.model import _rgb
 
         blank = Image.new("RGB", (8, 8))
         return torch.stack([self.model.vision_tower.preprocess(_rgb(im) if im is not None else blank) for im in images])
