@@ -203,6 +203,8 @@ def test_gradient_checkpointing_through_the_trainer_trains_like_without(parts, s
         assert x.keys() == y.keys()
         for k in x:  # the same up to float summation order (the recomputed forward)
             torch.testing.assert_close(y[k], x[k], rtol=1e-4, atol=1e-5, msg=f"{f}: {k}")
+    manifest = json.loads((tmp_path / "True" / "config.json").read_text())
+    assert (manifest["truncated"], manifest["tokenization_mismatches"]) == (0, 0)  # recorded beside `dropped`
 
 
 def test_lora_adapter_saved_and_loaded_gives_identical_logits(parts, stage1, tmp_path, monkeypatch):

@@ -559,6 +559,7 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
 
     info = {"steps": int(trainer.state.global_step), "samples": len(dataset), "image_samples": n_images, "dropped": dict(drops),
+            "truncated": dataset.truncated, "tokenization_mismatches": dataset.mismatches,
             "train_loss": float(result.training_loss), "trainable_parameters": n_train, "world": world,
             "gradient_accumulation": accum, "bf16": bf16, "encoder_decoder": encoder_decoder, "tower_from_previous": carried,
             "group_by_modality_length": trainer.group_by_modality}
