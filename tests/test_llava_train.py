@@ -175,9 +175,14 @@ def test_kill_in_stage2_then_rerun_resumes_and_ends_like_an_uninterrupted_run(pa
     res = _run_killable(killed, tmp_path, 3)  # checkpoints every 2 steps: killed one step after the first
     assert res.returncode == -signal.SIGKILL
     assert (tmp_path / "killed" / "state" / "checkpoint-2").exists() and not (tmp_path / "killed" / "config.json").exists()
+    cut = tmp_path / "killed" / "state" / "checkpoint-4"  # a later save cut off (a time limit mid-save): no trainer_state.json
+    cut.mkdir()
+    (cut / "model.safetensors").write_bytes(b"\0" * 16)
     res = _run_killable(killed, tmp_path, 0)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "resumed from" in res.stderr + res.stdout and "checkpoint-2" in res.stderr + res.stdout
+    out = res.stderr + res.stdout
+    assert "checkpoint-4: incomplete" in out and "[llava] resumed from" in out
+    assert out.split("[llava] resumed from")[1].split("\n")[0].strip().endswith("checkpoint-2")
     a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("ref", "killed"))
     assert a["steps"] == b["steps"] > 3  # the step count continued
     for f in ("connector.safetensors", "language_model/model.safetensors"):
@@ -193,11 +198,14 @@ def test_gradient_checkpointing_through_the_trainer_trains_like_without(parts, s
 
     from sailflow.llava.train import train_stage
 
+    (tmp_path / "True").mkdir()
+    (tmp_path / "True" / "tower.safetensors").write_bytes(b"left by an earlier run with unlock_tower")
     for on in (False, True):
         args = stage_args(parts, "finetune", tmp_path / str(on), global_batch_size=4, per_device_batch_size=2,
                           gradient_checkpointing=on)
         args["previous"] = str(stage1)
         train_stage(args, log=open(os.devnull, "w"))
+    assert not (tmp_path / "True" / "tower.safetensors").exists()  # not this stage's: removed
     for f in ("connector.safetensors", "language_model/model.safetensors"):
         x, y = load_file(str(tmp_path / "False" / f)), load_file(str(tmp_path / "True" / f))
         assert x.keys() == y.keys()
@@ -205,6 +213,49 @@ def test_gradient_checkpointing_through_the_trainer_trains_like_without(parts, s
             torch.testing.assert_close(y[k], x[k], rtol=1e-4, atol=1e-5, msg=f"{f}: {k}")
     manifest = json.loads((tmp_path / "True" / "config.json").read_text())
     assert (manifest["truncated"], manifest["tokenization_mismatches"]) == (0, 0)  # recorded beside `dropped`
+
+
+def test_stage_guards_stop_a_run_that_learns_nothing_and_refuse_what_is_not_the_stages(stage1, tmp_path):
+    """The silent failures of LLaVA training stop the stage (pitfalls 3-5, 8-9): a NaN loss, a loss or gradient
+    norm stuck at 0, an LLM folder with empty tensors; a tower file the manifest does not list is not loaded."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from sailflow.llava.train import STALL_LOGS, StageError, _check_saved_dir, _health_callback, load_tower_weights
+
+    class State:
+        global_step = 7
+
+    health = _health_callback(open(os.devnull, "w"))
+    health.on_log(None, State(), None, logs={"loss": 1.2, "grad_norm": 0.5})
+    with pytest.raises(StageError, match=r"step 7: \{'loss': nan\} \(not finite\)"):
+        health.on_log(None, State(), None, logs={"loss": float("nan"), "grad_norm": 0.5})
+    health = _health_callback(open(os.devnull, "w"))
+    for _ in range(STALL_LOGS - 1):
+        health.on_log(None, State(), None, logs={"loss": 0.0, "grad_norm": 0.0})
+    health.on_log(None, State(), None, logs={"loss": 0.3, "grad_norm": 0.1})  # a real step: the count starts again
+    for _ in range(STALL_LOGS - 1):
+        health.on_log(None, State(), None, logs={"loss": 0.0, "grad_norm": 0.0})
+    with pytest.raises(StageError, match=f"exactly 0 for {STALL_LOGS} logged steps"):
+        health.on_log(None, State(), None, logs={"loss": 0.0, "grad_norm": 0.0})
+
+    llm = tmp_path / "language_model"
+    llm.mkdir()
+    with pytest.raises(StageError, match="no weights were saved"):
+        _check_saved_dir(llm, None)
+    save_file({"w": torch.zeros(2, 3), "b": torch.zeros(0)}, str(llm / "model.safetensors"))  # ZeRO-3's placeholder
+    with pytest.raises(StageError, match=r"\['b'\] did not save correctly"):
+        _check_saved_dir(llm, None)
+    save_file({"w": torch.zeros(2, 3)}, str(llm / "model.safetensors"))
+    _check_saved_dir(llm, {"w": torch.ones(2, 3)})
+    with pytest.raises(StageError, match=r"\['w'\]"):
+        _check_saved_dir(llm, {"w": torch.ones(3, 2)})
+
+    stage = tmp_path / "pretrain"
+    shutil.copytree(stage1, stage)
+    (stage / "tower.safetensors").write_bytes(b"not a tensor file: loading it would fail")
+    assert load_tower_weights(object(), stage) == []  # stage 1 trained only its connector (its manifest says so)
 
 
 def test_lora_adapter_saved_and_loaded_gives_identical_logits(parts, stage1, tmp_path, monkeypatch):

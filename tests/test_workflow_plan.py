@@ -227,6 +227,7 @@ def _rerun_scopes(workdir, cfg):
     cfg["llava_runs"]["llava_demo"]["pretrain"].pop("lr")
     cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
     cfg["llava_eval"]["batch_size"] = 5  # generation batch size only (the same answers): nothing
+    cfg["llava_runs"]["llava_demo"]["finetune"]["dataloader_workers"] = 2  # loader processes (the same batches): nothing
     write_config(workdir, cfg)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
@@ -241,6 +242,11 @@ def _rerun_scopes(workdir, cfg):
     write_config(workdir, cfg)
     assert planned_jobs(snakemake(workdir, "-n").stdout) == one_benchmark
     cfg["llava_eval_tasks"]["demo_pope"]["max_new_tokens"] = repo_config()["llava_eval_tasks"]["demo_pope"]["max_new_tokens"]
+    # how a benchmark is scored (not what is asked): its score only, the answers stay
+    cfg["llava_eval_tasks"]["demo_vqa"]["normalize"] = "official"
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {k: v for k, v in one_benchmark.items() if k != "llava_answers"}
+    cfg["llava_eval_tasks"]["demo_vqa"].pop("normalize")
 
     # parallelism and batch sizes only: nothing reruns
     cfg["datasets"]["shapes"]["filter"].update(min_side=32, processes=2)

@@ -519,6 +519,7 @@ def llava_args(stage):
     def args(wildcards):
         r = LLAVA_RUNS[wildcards.run]
         s = llava_settings(wildcards.run, stage)
+        s.pop("dataloader_workers")  # a resource: the batches are the same for any number of loader processes
         llm = {"name": r["llm"], **LLMS[r["llm"]]}
         return {
             "stage": stage,
@@ -560,6 +561,13 @@ def llava_inputs(stage):
 
 def llava_gpus(wildcards):
     return LLAVA_RUNS[wildcards.run]["gpus"]
+
+
+def llava_workers(stage):
+    def value(wildcards):
+        return llava_settings(wildcards.run, stage)["dataloader_workers"]
+
+    return value
 
 
 def llava_runtime(key):
@@ -627,6 +635,18 @@ def llava_eval_spec(wildcards):
 
     spec = LLAVA_EVAL_TASKS[wildcards.llava_task]
     return spec if spec["kind"] == "vqascore" else {**spec, **benchmarks.prompt_settings(spec)}
+
+
+def llava_generation_spec(wildcards):
+    from sailflow.llava import benchmarks
+
+    return benchmarks.generation_spec(LLAVA_EVAL_TASKS[wildcards.llava_task])
+
+
+def llava_generation_files(wildcards):
+    from sailflow.llava import benchmarks
+
+    return benchmarks.generation_files(LLAVA_EVAL_TASKS[wildcards.llava_task])
 
 
 def llava_eval_files(wildcards):

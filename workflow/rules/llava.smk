@@ -14,7 +14,7 @@ rule build_tiny_llm:
     threads: 1  # tiny matrices: one thread is as fast, and stays fast beside other jobs
     params:
         kind=lambda w: LLMS[w.llm]["build"],
-        steps=config["demo"]["llm_pretrain_steps"],
+        steps=lambda w: config["demo"]["llm_pretrain_steps"] if LLMS[w.llm]["build"] == "demo_llama" else None,
     script:
         "../scripts/build_tiny_llm.py"
 
@@ -73,6 +73,7 @@ rule llava_pretrain:
         # intervals only (not results): resources, so that changing them reruns nothing
         checkpoint_every=llava_runtime("checkpoint_every"),
         log_every=llava_runtime("log_every"),
+        dataloader_workers=llava_workers("pretrain"),
     params:
         args=llava_args("pretrain"),
     script:
@@ -95,6 +96,7 @@ rule llava_finetune:
         gpu=llava_gpus,
         checkpoint_every=llava_runtime("checkpoint_every"),
         log_every=llava_runtime("log_every"),
+        dataloader_workers=llava_workers("finetune"),
     params:
         args=llava_args("finetune"),
     script:

@@ -29,7 +29,7 @@ rule llava_demo_eval_sets:
 rule llava_answers:
     input:
         model=llava_model_inputs,
-        data=llava_eval_files,
+        data=llava_generation_files,
     output:
         paths.llava_answers("{run}", "{llava_task}"),
     log:
@@ -42,7 +42,7 @@ rule llava_answers:
         gpu=config["llava_eval"]["gpus"],
         batch_size=config["llava_eval"]["batch_size"],  # a resource: the answers are the same for any value
     params:
-        spec=llava_eval_spec,
+        spec=llava_generation_spec,  # what answering reads: a scoring option reruns only llava_score
     script:
         "../scripts/llava_answers.py"
 

@@ -11,7 +11,7 @@ from sailflow.logs import log_to
 def main(smk):
     log = log_to(smk.log[0])
     spec, task, run = smk.params.spec, smk.wildcards.llava_task, smk.wildcards.run
-    items = benchmarks.load_items(spec, task)
+    items = benchmarks.load_items(spec, task, check=False)  # the generation keys of an entry checked when planned
     claim = claim_devices(int(smk.resources.gpu))
     devices = [f"cuda:{i}" for i in range(len(claim.ids))] if claim.device.startswith("cuda") else ["cpu"]
     print(f"{run} / {task}: {len(items)} questions on {devices}; suffix {spec['suffix']!r}, max_new_tokens {spec['max_new_tokens']}",

@@ -225,6 +225,23 @@ def spec_files(spec: dict) -> list[str]:
     return [spec[k] for k in KINDS[spec["kind"]]["paths"] if k in spec]
 
 
+GENERATION_KEYS = ("kind", "questions", "images", "tsv", "circular", "suffix", "max_new_tokens")
+
+
+def generation_spec(spec: dict) -> dict:
+    """What answering the task's questions reads (defaults filled in): its answers depend on nothing else,
+    so a scoring option (``annotations``, ``normalize``, ``upload_questions``, ``problems``) never reruns
+    the generation. :func:`load_items` takes it with ``check=False`` (the whole entry was checked when the
+    workflow was planned)."""
+    spec = _with_defaults(spec)
+    return {k: spec[k] for k in GENERATION_KEYS if k in spec}
+
+
+def generation_files(spec: dict) -> list[str]:
+    """The files and folders answering the task's questions reads (its generation job's inputs)."""
+    return [spec[k] for k in ("questions", "images", "tsv") if k in spec]
+
+
 def prompt_settings(spec: dict) -> dict:
     """``{"suffix", "max_new_tokens"}`` with the kind's defaults (the reference's) filled in."""
     spec = _with_defaults(spec)
@@ -465,10 +482,12 @@ def _load_mmbench(spec: dict) -> list[Item]:
     return items
 
 
-def load_items(spec: dict, name: str) -> list[Item]:
+def load_items(spec: dict, name: str, check: bool = True) -> list[Item]:
     """The task's questions, in file order (MMBench: each question followed by its added rotations),
-    checked: every image exists, every question id is unique."""
-    check_spec(spec, name)
+    checked: every image exists, every question id is unique. ``check``: the entry itself first
+    (:func:`check_spec`; off for a :func:`generation_spec`, which lacks the scoring keys)."""
+    if check:
+        check_spec(spec, name)
     spec = _with_defaults(spec)
     kind = spec["kind"]
     items = _LOADERS[kind](spec)

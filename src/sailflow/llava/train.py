@@ -221,14 +221,17 @@ TOWER_FILES = {"head.safetensors": "head", "tower.safetensors": "backbone"}  # t
 def load_tower_weights(tower, directory: str | Path) -> list[str]:
     """Load the trained tower parts a stage saved in ``directory`` (the SAIL head, the backbone) into
     ``tower``; returns the files loaded. Stage 2 starts from what stage 1 trained; loaders of a stage use
-    what it holds."""
+    what it holds. Which parts: those its manifest lists as ``trained``, never whatever files happen to be
+    in the folder (a file left by an earlier run with other settings is not this stage's)."""
     from safetensors.torch import load_file
 
+    from sailflow.io import read_json
+
+    trained = set(read_json(Path(directory) / MANIFEST).get("trained", []))
     loaded = []
     for name, part in TOWER_FILES.items():
-        path = Path(directory) / name
-        if path.exists():
-            getattr(tower, part).load_state_dict(load_file(str(path)), strict=True)
+        if name in trained:
+            getattr(tower, part).load_state_dict(load_file(str(Path(directory) / name)), strict=True)
             loaded.append(name)
     return loaded
 
@@ -397,6 +400,37 @@ def _trainer_class():
     return LlavaTrainer, JsonlLog
 
 
+STALL_LOGS = 20  # consecutive logged steps with a loss or gradient norm of exactly 0 that stop a stage
+
+
+def _health_callback(log, stall_logs: int = STALL_LOGS):
+    """Stops the stage (:class:`StageError`, its checkpoints kept) at a logged loss or gradient norm that is
+    NaN or infinite, or at ``stall_logs`` logged steps in a row whose loss or gradient norm is exactly 0: the
+    silent failures of LLaVA training (pitfalls 3 and 4: fp16 overflow, ZeRO-2's reduction bug with
+    ``overlap_comm``), which would otherwise run to the end and save weights that learnt nothing. The
+    logged loss is already averaged over the processes, so every rank stops at the same step."""
+    from transformers import TrainerCallback
+
+    class Health(TrainerCallback):
+        zeros = 0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            values = {k: float(logs[k]) for k in ("loss", "grad_norm") if logs.get(k) is not None}
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
+                raise StageError(f"step {state.global_step}: {bad} (not finite); stopped, checkpoints kept. Causes seen in "
+                                 "LLaVA training: fp16 overflow (use bf16 or fp32), a learning rate too high")
+            self.zeros = self.zeros + 1 if any(v == 0.0 for v in values.values()) else 0
+            if self.zeros >= stall_logs:
+                raise StageError(f"step {state.global_step}: loss or gradient norm exactly 0 for {self.zeros} logged steps "
+                                 f"({values}); stopped, checkpoints kept. Causes seen in LLaVA training: no supervised tokens "
+                                 "(a template or tokenizer that does not fit), DeepSpeed ZeRO-2 with overlap_comm")
+
+    return Health()
+
+
 def _epoch_callback(dataset):
     """A callback that tells ``dataset`` the epoch at each epoch's start (before the DataLoader makes its
     workers), for templates that re-draw per epoch (``t5_plain_split_text``). The Trainer gives callbacks
@@ -415,15 +449,26 @@ def _record(h: dict) -> dict:
     from sailflow.llava.remgcl import STATS
 
     keys = ("step", "epoch", "loss", *STATS, "learning_rate", "grad_norm")
-    out = {k: h[k] for k in keys if k in h}
+    out = {k: (h[k] if not isinstance(h[k], float) or math.isfinite(h[k]) else None) for k in keys if k in h}  # valid JSON
     if "learning_rate" in out:
         out["lr"] = out.pop("learning_rate")
     return out
 
 
-def _last_checkpoint(state_dir: Path) -> str | None:
+def _last_checkpoint(state_dir: Path, log=sys.stderr) -> str | None:
+    """The newest complete checkpoint. The Trainer writes a checkpoint in place and its ``trainer_state.json``
+    last (after the weights, optimiser and RNG states), and removes the older one only after that: a folder
+    without a readable state was cut off while saving (a Slurm time limit mid-save) and is skipped, so the
+    rerun resumes from the one before instead of failing on it forever."""
     ckpts = sorted(state_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return str(ckpts[-1]) if ckpts else None
+    for ckpt in reversed(ckpts):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            print(f"[llava] {ckpt}: incomplete (no readable trainer_state.json: cut off while saving), not resumed from",
+                  file=log, flush=True)
+    return None
 
 
 def deepspeed_config(name: str | None) -> str | None:
@@ -472,7 +517,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     tower_path = str(args["tower"].get("backbone", {}).get("path", ""))
     if tower_path.startswith("local-dir:"):  # a CLIP trained here (a clip run): retrained, it is another tower
         inputs["tower"] = sorted(str(p) for p in Path(tower_path.removeprefix("local-dir:")).glob("*.safetensors"))
-    identity = run_identity({k: v for k, v in args.items() if k not in ("out_dir", "meta", "log_every", "checkpoint_every")},
+    runtime = ("out_dir", "meta", "log_every", "checkpoint_every", "dataloader_workers")  # not what decides the weights
+    identity = run_identity({k: v for k, v in args.items() if k not in runtime},
                             inputs, world=world)
     resumable = prepare_state(state_dir, identity, log, name=f"llava {stage}") if rank == 0 else True
     if world > 1:
@@ -540,7 +586,7 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         bf16=bf16, use_cpu=not cuda, deepspeed=ds, activation_checkpointing=bool(s.get("gradient_checkpointing", False)),
         save_strategy="steps", save_steps=int(args.get("checkpoint_every", 500)), save_total_limit=1,
         logging_steps=int(args.get("log_every", 1)), seed=int(s["seed"]), data_seed=int(s["seed"]), report_to=[],
-        remove_unused_columns=False, dataloader_num_workers=int(s.get("dataloader_workers", 0)), disable_tqdm=False,
+        remove_unused_columns=False, dataloader_num_workers=int(args.get("dataloader_workers", s.get("dataloader_workers", 0))), disable_tqdm=False,
         optim=s.get("optim", "adamw_torch"), ddp_find_unused_parameters=False, save_only_model=False,
     )
     LlavaTrainer, JsonlLog = _trainer_class()
@@ -551,9 +597,10 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
                                                   log if rank == 0 else None)
     trainer.world_for_grouping = world * accum
     trainer.connector_lr = float(s["connector_lr"]) if s.get("connector_lr") else None
+    trainer.add_callback(_health_callback(log))
     if template.draws_per_epoch:
         trainer.add_callback(_epoch_callback(dataset))
-    resume = _last_checkpoint(state_dir) if resumable else None
+    resume = _last_checkpoint(state_dir, log) if resumable else None
     if resume and rank == 0:
         print(f"[llava] resumed from {resume}", file=log, flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -588,7 +635,9 @@ def group_by_modality(requested: bool, n_images: int, n_text: int, log=None) -> 
 
 def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir: Path) -> None:
     """Gather the trained weights (all ranks: under ZeRO-3 this is a collective), write them on rank 0,
-    then reload each file and check it against the in-memory tensors (never a KB-sized empty file)."""
+    then reload each ``*.safetensors`` of the stage folder and check it against the in-memory tensors (values);
+    the LLM's folder (``language_model/`` or ``adapter/``) is read back by its headers: no empty tensor, the
+    shapes in memory (never a KB-sized empty file). Tower files an earlier run left are removed."""
     from safetensors.torch import load_file, save_file
 
     from sailflow.io import atomic_path
@@ -615,7 +664,12 @@ def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir
         save("head.safetensors", "vision_tower.head.")
     if s.get("unlock_tower") or "tower.safetensors" in carried:
         save("tower.safetensors", "vision_tower.backbone.")
+    for name in set(TOWER_FILES) - set(written):  # left by an earlier run with other settings: not this stage's
+        (out_dir / name).unlink(missing_ok=True)
     if stage == "finetune":
+        import shutil
+
+        shutil.rmtree(out_dir / ("language_model" if s.get("lora") else "adapter"), ignore_errors=True)  # the same
         if s.get("lora"):
             _save_dir(out_dir / "adapter", lambda d: (model.language_model.save_pretrained(d, state_dict={
                 k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}), tokenizer.save_pretrained(d)))
@@ -627,6 +681,9 @@ def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir
         bad = [k for k, v in part.items() if k not in back or back[k].shape != v.shape or v.numel() == 0 or not torch.equal(back[k], v)]
         if bad:
             raise StageError(f"{out_dir / name}: tensors {bad[:5]} did not save correctly")
+    if stage == "finetune":  # the LLM's folder: every tensor read back by its header, none empty, shapes as in memory
+        llm = {k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}
+        _check_saved_dir(out_dir / ("adapter" if s.get("lora") else "language_model"), None if s.get("lora") else llm)
     manifest = {
         "kind": "llava-stage", "stage": stage, "tower": tower.describe(), "tower_spec": args["tower"], "image_aspect_ratio": args.get("image_aspect_ratio", "square"),
         "connector": args["connector"], "llm": args["llm"], "template": args["template"], "n_image_tokens": model.n_image_tokens,
@@ -636,6 +693,22 @@ def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir
         **info, **args.get("meta", {}),
     }
     write_json(out_dir / MANIFEST, manifest)
+
+
+def _check_saved_dir(folder: Path, expected: dict | None) -> None:
+    """The safetensors files ``save_pretrained`` wrote into ``folder``, read back by their headers (no tensor
+    data is loaded: a 7B LLM stays on disk): :class:`StageError` if there are none, if a tensor is empty
+    (ZeRO-3's shape-[0] placeholders, pitfall 5) or if one's shape differs from ``expected`` (same keys)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            shapes.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    bad = [k for k, shape in shapes.items() if math.prod(shape) == 0
+           or (expected is not None and k in expected and tuple(expected[k].shape) != shape)]
+    if not shapes or bad:
+        raise StageError(f"{folder}: " + (f"tensors {bad[:5]} did not save correctly" if shapes else "no weights were saved"))
 
 
 def _save_dir(final: Path, write) -> None:
