@@ -51,7 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sailflow.config import digest, without
-from sailflow.data.images import decode_rgb
+from sailflow.data.images import decode_rgb, image_rgb
 from sailflow.data.shards import captioned_samples, read_sample_bytes
 from sailflow.dtypes import autocast_dtype
 from sailflow.gpu import init_distributed
@@ -178,7 +178,7 @@ class ClipModel:
     def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
         out = []
         for i in range(0, len(images), batch_size):
-            batch = [_rgb(im) for im in images[i : i + batch_size]]
+            batch = [image_rgb(im) for im in images[i : i + batch_size]]
             x = torch.stack([self.vision.preprocess(im) for im in batch]).to(self.device)
             out.append(F.normalize(self.vision(x).float(), dim=-1))
         return torch.cat(out)
@@ -187,14 +187,6 @@ class ClipModel:
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         out = [F.normalize(self.text.encode(list(texts[i : i + batch_size])).float(), dim=-1) for i in range(0, len(texts), batch_size)]
         return torch.cat(out)
-
-
-def _rgb(image):
-    if isinstance(image, (str, Path)):
-        return decode_rgb(Path(image).read_bytes())
-    if isinstance(image, (bytes, bytearray)):
-        return decode_rgb(bytes(image))
-    return image.convert("RGB")
 
 
 # ---- the loss ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from sailflow.align.heads import AlignmentHead
 from sailflow.backbones import load_text, load_vision
-from sailflow.data.images import decode_rgb
+from sailflow.data.images import image_rgb
 from sailflow.io import read_json
 
 
@@ -44,14 +44,6 @@ def _rooted(spec: dict, root: Path) -> dict:
     return spec
 
 
-def _rgb(image):
-    if isinstance(image, (str, Path)):
-        return decode_rgb(Path(image).read_bytes())
-    if isinstance(image, (bytes, bytearray)):
-        return decode_rgb(image)
-    return image.convert("RGB")
-
-
 class AlignedModel(torch.nn.Module):
     def __init__(self, vision, text, head, device: str = "cpu"):
         super().__init__()
@@ -74,7 +66,7 @@ class AlignedModel(torch.nn.Module):
         the model's device)."""
         out = []
         for i in range(0, len(images), batch_size):
-            chunk = [_rgb(im) for im in images[i : i + batch_size]]
+            chunk = [image_rgb(im) for im in images[i : i + batch_size]]
             x = torch.stack([self.vision.preprocess(im) for im in chunk]).to(self.device)
             out.append(F.normalize(self.head.encode_image(self.vision(x).float()), dim=-1))
         return torch.cat(out)

@@ -440,16 +440,12 @@ def _check_llava(name):
         for d in r[stage]["data"]:
             if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
                 raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
-        s, world = {**config["llava"][stage], **r[stage]}, max(1, r["gpus"])
+        s, world = llava_settings(name, stage), max(1, r["gpus"])
         if s["global_batch_size"] % (s["per_device_batch_size"] * world):
             raise ValueError(
                 f"llava_runs.{name}.{stage}: global_batch_size {s['global_batch_size']} is not a multiple of "
                 f"per_device_batch_size {s['per_device_batch_size']} x {world} GPUs (gpus): the stage would stop at start"
             )
-
-
-for _run in LLAVA_RUNS:
-    _check_llava(_run)
 
 
 def llava_settings(run, stage):
@@ -459,6 +455,10 @@ def llava_settings(run, stage):
     if "remgcl" in s and s["remgcl"] is None:
         del s["remgcl"]  # off: the stage's params (its rerun trigger, its fingerprint) stay as before remgcl existed
     return s
+
+
+for _run in LLAVA_RUNS:
+    _check_llava(_run)
 
 
 def llava_tower(run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -111,3 +112,13 @@ def decode_rgb(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
         if max(w, h) / min(w, h) > limits.max_aspect_ratio:
             raise ImageRejected("bad_aspect_ratio", f"{w}x{h} > {limits.max_aspect_ratio}")
     return rgb
+
+
+def image_rgb(image, decode=decode_rgb) -> Image.Image:
+    """An image given as a path, encoded bytes or a PIL image, as RGB: files and bytes through ``decode``
+    (:func:`decode_rgb`, or :func:`decode_rgb_as_stored` for LLaVA), a PIL image converted."""
+    if isinstance(image, (str, Path)):
+        return decode(Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray)):
+        return decode(bytes(image))
+    return image.convert("RGB")

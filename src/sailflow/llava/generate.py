@@ -83,13 +83,9 @@ def load_stage(directory: str | Path, device: str = "cpu", dtype: torch.dtype = 
 def _rgb(image):
     """An image path, encoded bytes or a PIL image as RGB, read as LLaVA reads them (stored pixels, no EXIF
     rotation: :func:`sailflow.data.images.decode_rgb_as_stored`)."""
-    from sailflow.data.images import decode_rgb_as_stored
+    from sailflow.data.images import decode_rgb_as_stored, image_rgb
 
-    if isinstance(image, (str, Path)):
-        return decode_rgb_as_stored(Path(image).read_bytes())
-    if isinstance(image, (bytes, bytearray)):
-        return decode_rgb_as_stored(bytes(image))
-    return image.convert("RGB")
+    return image_rgb(image, decode_rgb_as_stored)
 
 
 class VisionLanguageModel:

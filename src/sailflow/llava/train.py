@@ -666,29 +666,25 @@ def save_stage(trainer, model, tokenizer, tower, args: dict, info: dict, out_dir
         save("tower.safetensors", "vision_tower.backbone.")
     for name in set(TOWER_FILES) - set(written):  # left by an earlier run with other settings: not this stage's
         (out_dir / name).unlink(missing_ok=True)
+    llm_dir, stale_dir = ("adapter", "language_model") if s.get("lora") else ("language_model", "adapter")
     if stage == "finetune":
         import shutil
 
-        shutil.rmtree(out_dir / ("language_model" if s.get("lora") else "adapter"), ignore_errors=True)  # the same
-        if s.get("lora"):
-            _save_dir(out_dir / "adapter", lambda d: (model.language_model.save_pretrained(d, state_dict={
-                k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}), tokenizer.save_pretrained(d)))
-        else:
-            llm_state = {k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}
-            _save_dir(out_dir / "language_model", lambda d: (model.language_model.save_pretrained(d, state_dict=llm_state), tokenizer.save_pretrained(d)))
+        llm_state = {k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}
+        shutil.rmtree(out_dir / stale_dir, ignore_errors=True)  # the same: left by an earlier run with(out) LoRA
+        _save_dir(out_dir / llm_dir, lambda d: (model.language_model.save_pretrained(d, state_dict=llm_state), tokenizer.save_pretrained(d)))
     for name, part in written.items():  # reload check (pitfall: ZeRO-3 writing placeholders)
         back = load_file(str(out_dir / name))
         bad = [k for k, v in part.items() if k not in back or back[k].shape != v.shape or v.numel() == 0 or not torch.equal(back[k], v)]
         if bad:
             raise StageError(f"{out_dir / name}: tensors {bad[:5]} did not save correctly")
     if stage == "finetune":  # the LLM's folder: every tensor read back by its header, none empty, shapes as in memory
-        llm = {k[len("language_model."):]: v for k, v in full.items() if k.startswith("language_model.")}
-        _check_saved_dir(out_dir / ("adapter" if s.get("lora") else "language_model"), None if s.get("lora") else llm)
+        _check_saved_dir(out_dir / llm_dir, None if s.get("lora") else llm_state)
     manifest = {
         "kind": "llava-stage", "stage": stage, "tower": tower.describe(), "tower_spec": args["tower"], "image_aspect_ratio": args.get("image_aspect_ratio", "square"),
         "connector": args["connector"], "llm": args["llm"], "template": args["template"], "n_image_tokens": model.n_image_tokens,
-        "max_length": int(s["max_length"]), "settings": s, "lora": bool(s.get("lora")), "trained": sorted(written) + (
-            ["adapter/"] if stage == "finetune" and s.get("lora") else ["language_model/"] if stage == "finetune" else []),
+        "max_length": int(s["max_length"]), "settings": s, "lora": bool(s.get("lora")),
+        "trained": sorted(written) + ([f"{llm_dir}/"] if stage == "finetune" else []),
         "previous": args.get("previous"), "fingerprint": digest({k: v for k, v in args.items() if k != "out_dir"}),
         **info, **args.get("meta", {}),
     }
