@@ -33,7 +33,7 @@ demo: install
 	@echo "  $(BIN)/python -m sailflow.chat results/llava_demo results/demo/shapes/images/eval/000000.png 'What colour is the shape?'"
 
 test: install
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n $(CORES) --dist loadscope --no-loadscope-reorder
 
 lint: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import os
 import re
@@ -16,6 +18,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share two cores: OpenMP threads that wait for work sleep instead of spinning, or each
+    # worker's torch threads take CPU from the other's (set before anything imports torch).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -109,11 +115,45 @@ def workdir(tmp_path: Path) -> Path:
     return d
 
 
+@functools.cache
+def _unit(module: Path) -> str:
+    """The unit of work a test module belongs to under pytest-xdist (`make test` runs one worker per core):
+    the modules with tests that take the session's `demo` run form one unit (the demo is built once, on
+    one worker), every other module is its own (its fixtures are built once). Read from the module's
+    source, so that the scheduler (which collects nothing) and the workers agree."""
+    tree = ast.parse(module.read_text())
+    uses_demo = any(isinstance(f, ast.FunctionDef) and f.name.startswith("test") and "demo" in [a.arg for a in f.args.args]
+                    for f in ast.walk(tree))
+    return "demo" if uses_demo else module.stem
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with our units as the scopes, in collection order (`--no-loadscope-reorder`)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(config.rootpath / nodeid.split("::", 1)[0])
+
+    return ByUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `slurm` run last: once Slurm's tools are installed and a slurm.conf is in reach,
-    every `snakemake` call (the Slurm plugin is installed) asks slurmctld for its config at start-up,
-    which takes ~10 s whenever no slurmctld answers. The order within each group is kept."""
-    items[:] = [i for i in items if i.get_closest_marker("slurm") is None] + [i for i in items if i.get_closest_marker("slurm")]
+    """The demo's unit first: its shared run is the longest, so it starts at once while the other worker
+    takes the rest. The Slurm tests' module last when one process runs everything: once Slurm's tools are
+    installed and a slurm.conf is in reach, every `snakemake` call (the Slurm plugin is installed) asks
+    slurmctld for its config at start-up, which takes ~10 s whenever no slurmctld answers. Under xdist it
+    comes second: its cluster is up while it runs, and its tests mostly wait for Slurm's status checks,
+    which overlaps the other worker's computing. The order within each unit is kept."""
+    slurm = {i.path for i in items if i.get_closest_marker("slurm") is not None}
+    last = 1 if hasattr(config, "workerinput") else 3  # workerinput: this is an xdist worker
+
+    def rank(item) -> int:
+        return 0 if _unit(item.path) == "demo" else last if item.path in slurm else 2
+
+    items[:] = sorted(items, key=rank)  # stable
 
 
 @pytest.fixture(scope="session")
