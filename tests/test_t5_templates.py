@@ -77,6 +77,18 @@ def test_tokenizer_is_t5_shaped(t5, tok):
         assert again(text).input_ids == tok(text).input_ids
 
 
+def test_tokenizer_is_the_same_in_every_run(t5, tok, tmp_path):
+    """The Unigram trainer returns its pieces in a different order (other ids) from run to run; the tiny
+    T5 of the workflow and the tests must not depend on the run."""
+    runs = [train_t5_tokenizer(CORPUS, tmp_path / str(i), vocab_size=200) for i in range(3)]
+    files = {(tmp_path / str(i) / "tokenizer.json").read_bytes() for i in range(3)}
+    assert files == {(t5["dir"] / "tokenizer" / "tokenizer.json").read_bytes()}
+    for t in runs:
+        assert t("a red square {zebra} ~").input_ids == tok("a red square {zebra} ~").input_ids
+    ids = pieces(tok, "~ red")  # an unseen character: itself, not <unk>, at the lowest score
+    assert UNK not in ids and tok.convert_ids_to_tokens(ids)[:2] == ["▁", "~"]
+
+
 # ---- encoder ids and decoder labels -----------------------------------------------------------------
 def test_t5_plain(tok):
     enc = get_template("t5_plain", tok).encode(RECORD, has_image=True)
