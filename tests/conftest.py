@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import copy
+import fcntl
 import functools
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,15 +119,18 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @functools.cache
+def _fixtures_used(module: Path) -> frozenset[str]:
+    """The arguments of the module's test functions (read from its source)."""
+    tree = ast.parse(module.read_text())
+    return frozenset(a.arg for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name.startswith("test") for a in f.args.args)
+
+
 def _unit(module: Path) -> str:
     """The unit of work a test module belongs to under pytest-xdist (`make test` runs one worker per core):
-    the modules with tests that take the session's `demo` run form one unit (the demo is built once, on
-    one worker), every other module is its own (its fixtures are built once). Read from the module's
-    source, so that the scheduler (which collects nothing) and the workers agree."""
-    tree = ast.parse(module.read_text())
-    uses_demo = any(isinstance(f, ast.FunctionDef) and f.name.startswith("test") and "demo" in [a.arg for a in f.args.args]
-                    for f in ast.walk(tree))
-    return "demo" if uses_demo else module.stem
+    the modules with tests that take the session's `demo` run form one unit (they read and dry-run that
+    one folder, one after the other), every other module is its own (its fixtures are built once). Read
+    from the module's source, so that the scheduler (which collects nothing) and the workers agree."""
+    return "demo" if "demo" in _fixtures_used(module) else module.stem
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -141,17 +147,22 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The demo's unit first: its shared run is the longest, so it starts at once while the other worker
-    takes the rest. The Slurm tests' module last when one process runs everything: once Slurm's tools are
-    installed and a slurm.conf is in reach, every `snakemake` call (the Slurm plugin is installed) asks
-    slurmctld for its config at start-up, which takes ~10 s whenever no slurmctld answers. Under xdist it
-    comes second: its cluster is up while it runs, and its tests mostly wait for Slurm's status checks,
-    which overlaps the other worker's computing. The order within each unit is kept."""
+    """The demo's unit first: the shared demo run is the longest piece of work, so it starts at once while
+    the other worker takes the rest; the modules that run more of the workflow on a copy of it
+    (`demo_copy`) last, when it is there. The Slurm tests' module last when one process runs everything:
+    once Slurm's tools are installed and a slurm.conf is in reach, every `snakemake` call (the Slurm plugin
+    is installed) asks slurmctld for its config at start-up, which takes ~10 s whenever no slurmctld
+    answers. Under xdist it comes second: its cluster is up while it runs, and its tests mostly wait for
+    Slurm's status checks, which overlaps the other worker's computing. The order within a unit is kept."""
     slurm = {i.path for i in items if i.get_closest_marker("slurm") is not None}
-    last = 1 if hasattr(config, "workerinput") else 3  # workerinput: this is an xdist worker
+    xdist = hasattr(config, "workerinput")  # this is an xdist worker
 
     def rank(item) -> int:
-        return 0 if _unit(item.path) == "demo" else last if item.path in slurm else 2
+        if _unit(item.path) == "demo":
+            return 0
+        if item.path in slurm:
+            return 1 if xdist else 4
+        return 3 if "demo_copy" in _fixtures_used(item.path) else 2
 
     items[:] = sorted(items, key=rank)  # stable
 
@@ -159,13 +170,45 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The embedded demo exactly as `make demo` runs it (the repo's config, `snakemake --cores 2`: URLs
-    to eval.json, the report figures and the llava_demo chat model), once per session. Tests that edit
-    its config restore it, so the workdir stays up to date for the next one."""
-    workdir = tmp_path_factory.mktemp("demo")
+    to eval.json, the report figures and the llava_demo chat model), once per session: under xdist, the
+    first worker that needs it builds it (holding a lock) and the others wait for it. Its tests only read
+    it or dry-run it (a test that edits its config restores it); a test that runs more of the workflow
+    takes `demo_copy`."""
     cfg = repo_config()
-    write_config(workdir, cfg)
-    snakemake(workdir, "--cores", "2", timeout=3600)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo")
+        write_config(workdir, cfg)
+        snakemake(workdir, "--cores", "2", timeout=3600)
+        return workdir, cfg
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    workdir, done, failed = shared / "demo", shared / "demo.done", shared / "demo.failed"
+    with open(shared / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if failed.exists():
+            pytest.fail(f"the shared demo run failed on another worker:\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            write_config(workdir, cfg)
+            try:
+                snakemake(workdir, "--cores", "2", timeout=3600)
+            except AssertionError as e:
+                failed.write_text(str(e))
+                raise
+            done.touch()
     return workdir, cfg
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path):
+    """A private copy of the session's demo run, with the repo's config: for a test that changes the config
+    and runs more of the workflow, while other tests read the shared one. The copy keeps the files'
+    modification times and Snakemake's records, so Snakemake finds it as up to date as the original."""
+    src, cfg = demo
+    workdir = tmp_path / "demo"
+    shutil.copytree(src, workdir, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # another test's dry run may hold one
+    write_config(workdir, cfg)
+    return workdir, copy.deepcopy(cfg)
 
 
 # ---- a tiny trained LLaVA (tests/test_llava_train.py, tests/test_llava_eval.py) ----------------------

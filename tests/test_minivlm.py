@@ -4,7 +4,6 @@ and the real run's plan."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -89,24 +88,19 @@ def _losses(path: Path) -> list[float]:
 
 
 @pytest.mark.e2e
-def test_minivlm_demo_trains_from_urls_to_a_chat_model(demo):
+def test_minivlm_demo_trains_from_urls_to_a_chat_model(demo_copy):
     """On the demo's shapes (its download and held-out sets): clip_demo trained from scratch on their raw
     alt-texts and scored zero-shot on the held-out colour and shape sets (both above chance), then
     minivlm_demo's two stages on its ViT with the tower trained in both: finite, decreasing losses, the tower
     of each stage saved and carried into the next."""
     from sailflow.llava.generate import VisionLanguageModel
 
-    workdir, original = demo
-    cfg = copy.deepcopy(original)
+    workdir, cfg = demo_copy
     run = cfg["llava_runs"]["minivlm_demo"]
     run["pretrain"]["epochs"] = 0.25  # ~23 steps of 32
     run["finetune"]["epochs"] = 0.25  # ~24 steps of 32 (3,123 records)
     write_config(workdir, cfg)
-    try:  # neither run is a default target: the demo's own outputs stay up to date
-        snakemake(workdir, "--cores", "2", "results/clip_demo/clip_eval.json", "results/minivlm_demo/llava/finetune/config.json",
-                  timeout=1800)
-    finally:
-        write_config(workdir, original)
+    snakemake(workdir, "--cores", "2", "results/clip_demo/clip_eval.json", "results/minivlm_demo/llava/finetune/config.json", timeout=1800)
 
     # the CLIP: trained as configured, scored with each metric's chance level
     clip = json.loads((workdir / "results/clip_demo/clip/manifest.json").read_text())
