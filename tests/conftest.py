@@ -175,10 +175,14 @@ def demo(tmp_path_factory):
     it or dry-run it (a test that edits its config restores it); a test that runs more of the workflow
     takes `demo_copy`."""
     cfg = repo_config()
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        workdir = tmp_path_factory.mktemp("demo")
+
+    def build(workdir: Path) -> None:
         write_config(workdir, cfg)
         snakemake(workdir, "--cores", "2", timeout=3600)
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo")
+        build(workdir)
         return workdir, cfg
     shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
     workdir, done, failed = shared / "demo", shared / "demo.done", shared / "demo.failed"
@@ -189,9 +193,8 @@ def demo(tmp_path_factory):
         if not done.exists():
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir()
-            write_config(workdir, cfg)
             try:
-                snakemake(workdir, "--cores", "2", timeout=3600)
+                build(workdir)
             except Exception as e:  # a failed or timed-out run: the other workers fail at once, not run it again
                 failed.write_text(f"{type(e).__name__}: {e}")
                 raise

@@ -50,13 +50,12 @@ def train_t5_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 
     # score, then 1e-4 more for each further one) in hash-set order. Canonical form: scores rounded to 1e-9,
     # the made-up scores handed to those characters in sorted order, specials first, then by score and
     # piece. The tokenizer, and the tiny T5 built on it, are then the same in every run.
-    trained = [(p, round(s, 9)) for p, s in json.loads(tok.to_str())["model"]["vocab"] if p not in specials]
-    lowest = min(s for p, s in trained if len(p) == 1)
-    steps = {p: (s - lowest) / 1e-4 for p, s in trained if len(p) == 1}
+    scores = {p: round(s, 9) for p, s in json.loads(tok.to_str())["model"]["vocab"] if p not in specials}
+    lowest = min(s for p, s in scores.items() if len(p) == 1)
+    steps = {p: (s - lowest) / 1e-4 for p, s in scores.items() if len(p) == 1}
     made_up = sorted(p for p, k in steps.items() if abs(k - round(k)) < 1e-3 and k < len(steps))
-    scores = dict(trained) | dict(zip(made_up, sorted(dict(trained)[p] for p in made_up)))
-    pieces = list(scores.items())
-    vocab = [(p, 0.0) for p in specials] + sorted(pieces, key=lambda x: (-x[1], x[0]))
+    scores |= dict(zip(made_up, sorted(scores[p] for p in made_up)))
+    vocab = [(p, 0.0) for p in specials] + sorted(scores.items(), key=lambda x: (-x[1], x[0]))
     tok.model = models.Unigram(vocab, unk_id=specials.index(T5_SPECIAL_TOKENS["unk_token"]), byte_fallback=False)
     eos = T5_SPECIAL_TOKENS["eos_token"]
     tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
