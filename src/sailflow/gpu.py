@@ -119,8 +119,16 @@ def torchrun_entry(train) -> None:
     """The ``__main__`` of a module :func:`launch` runs under torchrun: ``train(args)`` with the JSON
     arguments file named by ``argv[1]``, then the process group closed: after a barrier when ``train``
     returned (no process tears it down while another still writes its last file), at once when it raised
-    (a barrier would wait forever for a process that is stuck in a collective; torchrun stops the rest)."""
+    (a barrier would wait forever for a process that is stuck in a collective; torchrun stops the rest).
+
+    A process whose ``train`` returned then ends with status 0 without the interpreter's finalization.
+    DeepSpeed and the Trainer keep process groups in module globals, so their gloo threads outlive
+    ``destroy_process_group`` and are torn down while the interpreter shuts down, which now and then
+    aborts the process (SIGABRT, "terminate called without an active exception": seen once in CI, on a
+    ZeRO-3 stage that had saved its model). Snakemake would then count a finished training as failed and delete
+    its outputs. Everything ``train`` wrote is closed by then; the standard streams and logging are flushed."""
     import json
+    import logging
     import sys
 
     import torch.distributed as dist
@@ -134,6 +142,10 @@ def torchrun_entry(train) -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(module: str, args: dict, gpus: int, args_path: str | Path, log, in_process=None) -> Claim:
