@@ -137,6 +137,30 @@ def test_zero_on_two_processes_equals_one_plain_pytorch_step(parts, stage1, tmp_
         assert moved  # the step changed the LLM: the comparison is not between two untouched models
 
 
+def test_a_deepspeed_stage_on_one_device_runs_under_torchrun(parts, tmp_path, monkeypatch):
+    """The workflow's launch of a ZeRO-2 stage with no GPU (one device): DeepSpeed in the job's own process
+    would look for MPI (no launcher variables) and stop; under torchrun with one process it trains."""
+    from sailflow.llava.train import launch_stage
+
+    records = json.loads(Path(parts["captions"]).read_text())[:8]
+    data = tmp_path / "eight.json"
+    data.write_text(json.dumps(records))
+    args = stage_args(parts, "pretrain", tmp_path / "out", global_batch_size=4, per_device_batch_size=4, epochs=1, deepspeed="zero2")
+    args["data"] = [{"json": str(data), "images": parts["images"]}]
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with open(tmp_path / "stage.log", "w") as log:
+        launch_stage(args, 0, log)
+    text = (tmp_path / "stage.log").read_text()
+    assert "--nproc_per_node=1" in text and "deepspeed zero2" in text
+    manifest = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert manifest["steps"] == 2 and manifest["world"] == 1
+    assert load_file(str(tmp_path / "out" / "connector.safetensors"))
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import sailflow.llava.train as T

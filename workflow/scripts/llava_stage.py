@@ -1,9 +1,8 @@
-"""Train one LLaVA stage of a run: in this process, or under torchrun on several GPUs."""
+"""Train one LLaVA stage of a run: in this process, or under torchrun (several GPUs, or DeepSpeed)."""
 
 from pathlib import Path
 
-from sailflow.gpu import launch
-from sailflow.llava.train import train_stage
+from sailflow.llava.train import launch_stage
 from sailflow.logs import log_to
 
 
@@ -13,7 +12,7 @@ def main(smk):
     args = {**smk.params.args, "out_dir": str(out_dir), "checkpoint_every": int(smk.resources.checkpoint_every),
             "log_every": int(smk.resources.log_every), "dataloader_workers": int(smk.resources.dataloader_workers),
             "meta": {"run": smk.wildcards.run}}
-    launch("sailflow.llava.train", args, int(smk.resources.gpu), out_dir / "train_args.json", log, in_process=train_stage)
+    launch_stage(args, int(smk.resources.gpu), log)
 
 
 if __name__ == "__main__":

@@ -720,6 +720,17 @@ def _save_dir(final: Path, write) -> None:
     tmp.rename(final)
 
 
+def launch_stage(args: dict, gpus: int, log) -> None:
+    """Train one stage on this job's devices (:func:`sailflow.gpu.launch`): in this process on one device or
+    none, under torchrun on several. A DeepSpeed stage runs under torchrun on one device (or the CPU) too:
+    DeepSpeed reads its rank from the launcher's variables (without them it looks for MPI and stops with
+    ``No module named 'mpi4py'``), and its process group is closed by :func:`sailflow.gpu.torchrun_entry`."""
+    from sailflow.gpu import launch
+
+    launch("sailflow.llava.train", args, gpus, Path(args["out_dir"]) / "train_args.json", log,
+           in_process=None if args["settings"].get("deepspeed") else train_stage)
+
+
 if __name__ == "__main__":
     from sailflow.gpu import torchrun_entry
 
