@@ -54,3 +54,31 @@ def test_a_failed_training_still_fails(tmp_path):
     res = _run(tmp_path, fail=True)
     assert res.returncode != 0
     assert "rank 0 failed" in res.stderr or "rank 1 failed" in res.stderr
+
+
+SHOW_THREADS = '''
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+args = json.loads(Path(sys.argv[1]).read_text())
+Path(args["out"], f"threads{os.environ['RANK']}.json").write_text(json.dumps([os.environ["OMP_NUM_THREADS"], torch.get_num_threads()]))
+'''
+
+
+def test_launch_shares_the_jobs_threads_among_its_processes(tmp_path, monkeypatch):
+    """Snakemake gives a job OMP_NUM_THREADS = its threads; torchrun's two processes get half each, not all each."""
+    from sailflow.gpu import launch
+
+    (tmp_path / "show_threads.py").write_text(SHOW_THREADS)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setenv("SAILFLOW_FAKE_GPU_COUNT", "2")
+    monkeypatch.setenv("SAILFLOW_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    with open(tmp_path / "launch.log", "w") as log:
+        claim = launch("show_threads", {"out": str(tmp_path)}, 2, tmp_path / "args.json", log)
+    assert claim.ids == [0, 1], (tmp_path / "launch.log").read_text()
+    assert [json.loads((tmp_path / f"threads{r}.json").read_text()) for r in (0, 1)] == [["2", 2], ["2", 2]]

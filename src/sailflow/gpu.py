@@ -173,8 +173,10 @@ def launch(module: str, args: dict, gpus: int, args_path: str | Path, log, in_pr
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     cmd = [torchrun, "--standalone", f"--nproc_per_node={n}", "-m", module, str(args_path)]
     print(" ".join(cmd), file=log, flush=True)
-    # one CPU thread per process unless the user set it: n processes on a shared node must not oversubscribe
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))}
+    # the job's threads (Snakemake's OMP_NUM_THREADS, else the machine's cores) shared by the n processes:
+    # n processes on a shared node must not oversubscribe it
+    total = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, total // n))}
     proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{module} under torchrun ({n} processes) exited with code {proc.returncode}; its output is above in this log")

@@ -563,6 +563,10 @@ def llava_gpus(wildcards):
     return LLAVA_RUNS[wildcards.run]["gpus"]
 
 
+def llava_threads(wildcards):
+    return LLAVA_RUNS[wildcards.run]["threads"]
+
+
 def llava_workers(stage):
     def value(wildcards):
         return llava_settings(wildcards.run, stage)["dataloader_workers"]

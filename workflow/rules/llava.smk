@@ -68,6 +68,7 @@ rule llava_pretrain:
         "logs/benchmark/{run}/llava_pretrain.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    threads: llava_threads  # without a GPU the training computes on them
     resources:
         gpu=llava_gpus,
         # intervals only (not results): resources, so that changing them reruns nothing
@@ -92,6 +93,7 @@ rule llava_finetune:
         "logs/benchmark/{run}/llava_finetune.tsv"
     conda:
         "../../envs/sailflow.yaml"
+    threads: llava_threads  # without a GPU the training computes on them
     resources:
         gpu=llava_gpus,
         checkpoint_every=llava_runtime("checkpoint_every"),

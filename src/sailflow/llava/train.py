@@ -566,7 +566,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
               f"{s['global_batch_size']}; ~{steps_per_epoch} steps/epoch; trainable parameters {n_train:,}; "
               f"tower {tower.kind} ({model.n_image_tokens} image tokens), llm {model.language_model.config.model_type} "
               f"({'encoder-decoder' if encoder_decoder else 'decoder'}), deepspeed {s.get('deepspeed') or 'none'}, "
-              f"precision {precision_why}, attention {model.language_model.config._attn_implementation}", file=log, flush=True)
+              f"precision {precision_why}, attention {model.language_model.config._attn_implementation}, "
+              f"CPU threads {torch.get_num_threads()} per process", file=log, flush=True)
     if remgcl is not None and rank == 0:
         with_ocr = [r for r in dataset.records if r.ocr and r.image is not None]
         grid = f"{regions.grid[0]}x{regions.grid[1]} patch grid" if regions else "no local term"
