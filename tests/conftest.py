@@ -27,6 +27,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# What a job reads from the environment to choose its devices and processes. Every later test's workflow
+# inherits the pytest worker's environment, so a test that leaves one of them changed breaks tests far from it:
+# claim_devices sets CUDA_VISIBLE_DEVICES in the process that claims, and one test that claimed two fake GPUs
+# in the worker made every later LLaVA stage of that worker run as two torchrun processes (seen in CI).
+DEVICE_ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "SAILFLOW_FAKE_GPU_COUNT", "SAILFLOW_GPU_LOCK_DIR", "OMP_NUM_THREADS",
+                      "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _device_environment_unchanged():
+    """A test that leaves :data:`DEVICE_ENVIRONMENT` changed fails (its teardown names what it left) and the
+    variables are put back, so the tests after it run as they would alone."""
+    before = {k: os.environ.get(k) for k in DEVICE_ENVIRONMENT}
+    yield
+    left = {k: os.environ.get(k) for k in DEVICE_ENVIRONMENT if os.environ.get(k) != before[k]}
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if left:
+        pytest.fail(f"the test left {left} in the environment (was {[before[k] for k in left]}); use monkeypatch")
+
+
 def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m snakemake`` on the repo's Snakefile with ``workdir`` as working directory."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
@@ -34,8 +58,19 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = Tru
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+                             f"{failed_job_logs(workdir, proc.stdout + proc.stderr)}")
     return proc
+
+
+def failed_job_logs(workdir: Path, output: str, chars: int = 4000) -> str:
+    """The ends of the log files of the jobs that failed (Snakemake names them in ``output`` and prints only
+    their paths): a failure on a CI machine must show its cause, not where to find it on a deleted folder."""
+    names = []
+    for line in re.findall(r"^\s*log: (.+?) \(check log file", output, flags=re.M):
+        names += [n.strip() for n in line.split(", ") if n.strip() not in names]
+    return "".join(f"\n----- {n} (its end) -----\n{(workdir / n).read_text(errors='replace')[-chars:]}"
+                   for n in names if (workdir / n).is_file())
 
 
 def write_config(workdir: Path, cfg: dict) -> Path:

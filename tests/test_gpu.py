@@ -78,7 +78,9 @@ def test_launch_shares_the_jobs_threads_among_its_processes(tmp_path, monkeypatc
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     monkeypatch.setenv("SAILFLOW_FAKE_GPU_COUNT", "2")
     monkeypatch.setenv("SAILFLOW_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the claim sets it in this process: undone after the test
     with open(tmp_path / "launch.log", "w") as log:
         claim = launch("show_threads", {"out": str(tmp_path)}, 2, tmp_path / "args.json", log)
+    claim.release()
     assert claim.ids == [0, 1], (tmp_path / "launch.log").read_text()
     assert [json.loads((tmp_path / f"threads{r}.json").read_text()) for r in (0, 1)] == [["2", 2], ["2", 2]]
