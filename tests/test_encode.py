@@ -301,3 +301,27 @@ def test_claim_uses_slurm_devices_and_cpu_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("SAILFLOW_FAKE_GPU_COUNT", "0")
     c = claim_devices(1, lock_dir=tmp_path)
     assert c.source == "cpu" and c.device == "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_exported_devices_are_shared_out_among_jobs(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES=2,3 exported by a person (not a scheduler's allocation): each one-GPU job takes
+    one of the two by lock, not both (which would put every job on GPU 2 and run a one-GPU training as two
+    processes); more than it gives is an error; under Slurm the job's own devices are used as given."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    claims = []
+    for expected in ("2", "3"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what every job of the workflow inherits
+        claims.append(claim_devices(1, lock_dir=tmp_path, timeout=0))
+        assert (os.environ["CUDA_VISIBLE_DEVICES"], claims[-1].source, claims[-1].ids) == (expected, "lock", [int(expected) - 2])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(TimeoutError, match="no 1 free GPU"):
+        claim_devices(1, lock_dir=tmp_path, timeout=0)  # both held
+    claims[0].release()
+    assert claim_devices(1, lock_dir=tmp_path, timeout=0).ids == [0] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(RuntimeError, match="needs 3 GPUs but CUDA_VISIBLE_DEVICES=2,3 gives 2"):
+        claim_devices(3, lock_dir=tmp_path)
+    assert claim_devices(0, lock_dir=tmp_path).source == "cpu"
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    c = claim_devices(1, lock_dir=tmp_path, timeout=0)  # the allocation is the job's own: no lock, the first
+    assert (c.source, c.ids, os.environ["CUDA_VISIBLE_DEVICES"]) == ("environment", [0], "2")

@@ -3,14 +3,15 @@
 Snakemake counts GPUs (``resources: gpu=1``) but never sets CUDA_VISIBLE_DEVICES for local jobs.
 So a local job claims free devices itself: one lock file per device, held with ``flock`` for the
 life of the process (the kernel releases it on exit or crash, so a killed job frees its device).
-Under Slurm (or whenever CUDA_VISIBLE_DEVICES is already set) the given devices are used as they
-are. With no GPU the job runs on the CPU.
+Under Slurm the job's allocation (CUDA_VISIBLE_DEVICES) is used as it is; a CUDA_VISIBLE_DEVICES that
+a person exported limits the devices the jobs claim from. With no GPU the job runs on the CPU.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,23 +61,42 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
 
     Waits (up to ``timeout`` s) while other jobs hold the devices: Snakemake's ``--resources gpu=N``
     already limits how many GPU jobs run at once, so a wait here is short.
+
+    When CUDA_VISIBLE_DEVICES is already set, the job chooses among those devices only: all of them when
+    they are ``n`` (a scheduler's allocation), the first ``n`` under Slurm (the allocation is the job's own),
+    else ``n`` of them by the same locks. A person who exports ``CUDA_VISIBLE_DEVICES=0,1`` to keep a
+    workflow on two GPUs has every job see both: taking them all would run each one-GPU job on GPU 0, side
+    by side, and a one-GPU training as two processes. ``n = 0`` is the CPU.
     """
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if n == 0:
+        return Claim(ids=[], source="cpu")
     if given is not None and given.strip() != "":
-        ids = [int(x) for x in given.split(",") if x.strip().isdigit()]
-        return Claim(ids=list(range(len(ids))), source="environment")
+        visible = [x.strip() for x in given.split(",") if x.strip()]
+        if len(visible) < n:
+            raise RuntimeError(f"this job needs {n} GPUs but CUDA_VISIBLE_DEVICES={given} gives {len(visible)}")
+        if len(visible) == n or os.environ.get("SLURM_JOB_ID"):
+            if len(visible) > n:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[:n])
+            return Claim(ids=list(range(n)), source="environment")
+        return _claim_by_lock(visible, n, Path(lock_dir), timeout, poll)
     total = device_count()
-    if total == 0 or n == 0:
+    if total == 0:
         return Claim(ids=[], source="cpu")
     if n > total:
         raise RuntimeError(f"this job needs {n} GPUs but the machine has {total}")
-    lock_dir = Path(lock_dir)
+    return _claim_by_lock([str(i) for i in range(total)], n, Path(lock_dir), timeout, poll)
+
+
+def _claim_by_lock(devices: list[str], n: int, lock_dir: Path, timeout: float, poll: float) -> Claim:
+    """``n`` of ``devices`` (CUDA_VISIBLE_DEVICES entries: indices, or UUIDs) that no other process holds,
+    one ``flock``-ed file per device; ``ids`` are their positions in ``devices``."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     while True:
         held = []
-        for i in range(total):
-            f = open(lock_dir / f"gpu{i}.lock", "a+")
+        for device in devices:
+            f = open(lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9-]', '_', device)}.lock", "a+")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -86,15 +106,14 @@ def claim_devices(n: int = 1, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout: 
             f.truncate()
             f.write(f"{os.getpid()}\n")  # who holds it, for a person looking at the lock folder
             f.flush()
-            held.append((i, f))
+            held.append((device, f))
             if len(held) == n:
-                ids = [i for i, _ in held]
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
-                return Claim(ids=ids, source="lock", _files=[f for _, f in held])
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(d for d, _ in held)
+                return Claim(ids=[devices.index(d) for d, _ in held], source="lock", _files=[f for _, f in held])
         for _, f in held:
             f.close()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no {n} free GPU(s) among {total} after {timeout:.0f} s (locks in {lock_dir})")
+            raise TimeoutError(f"no {n} free GPU(s) among {devices} after {timeout:.0f} s (locks in {lock_dir})")
         time.sleep(poll)
 
 
