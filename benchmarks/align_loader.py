@@ -20,11 +20,13 @@ side by side.
 
 Measured on a quiet 2-core VM (one busy neighbour in the busy mode), 25k/50k/100k pairs: idle 11.9x,
 busy 13.2x (per size and mode 12-17x): below the 20x goal. Ours gathers on one core at 0.9-1.2M pairs/s
-in both modes (4 KB a pair: 4-5 GB/s of scattered row copies, about what this VM's memory gives one
-core); SAIL's scheme makes 56-66k pairs/s busy and 78-88k idle, where its collate's torch ops use both
-cores. Tried and dropped: torch's parallel index_select (19-33x idle, 1-7x busy: it spins on its
-OpenMP threads); single-threaded index_select on two gather threads (idle 12-16x, busy 9-17x: no
-better than numpy's one thread, and worse beside a busy neighbour).
+in both modes (4 KB a pair: 4-5 GB/s of scattered row copies). That is the VM's limit for scattered row
+copies on one core, not the maps': the same sorted gather from anonymous memory ran at the same 1.25M
+pairs/s as from the page-cache maps, in one process, while a contiguous copy reached 20 GB/s. SAIL's
+scheme makes 56-66k pairs/s busy and 78-88k idle, where its collate's torch ops use both cores. Tried
+and dropped: torch's parallel index_select (19-33x idle, 1-7x busy: it spins on its OpenMP threads);
+single-threaded index_select on two gather threads (idle 12-16x, busy 9-17x: no better than numpy's
+one thread, and worse beside a busy neighbour).
 
     python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096] [--modes idle busy] [--repeats 3]
 """
