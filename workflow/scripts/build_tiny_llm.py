@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sailflow.demo.instructions import demo_texts
+from sailflow.demo.instructions import demo_texts, tokenizer_texts
 from sailflow.llava.tiny import build_tiny_llm, pretrain_lm, train_tokenizer
 from sailflow.llava.tiny_t5 import build_tiny_t5, train_t5_tokenizer
 from sailflow.logs import log_to
@@ -27,7 +27,8 @@ def main(smk):
             train_t5_tokenizer(texts, Path(tmp) / "tok", vocab_size=512)
             build_tiny_t5(smk.output[0], Path(tmp) / "tok", d_model=128, layers=2, heads=4, seed=0)
             return
-        train_tokenizer(texts, Path(tmp) / "tok", vocab_size=512, chat_template=CHATML if arch == "qwen2" else None)
+        corpus = tokenizer_texts(*smk.input.texts) if kind == "demo_llama" else texts  # the prompt as often as stage 2 reads it
+        train_tokenizer(corpus, Path(tmp) / "tok", vocab_size=512, chat_template=CHATML if arch == "qwen2" else None)
         build_tiny_llm(arch, smk.output[0], Path(tmp) / "tok", hidden_size=128, layers=2, heads=4, seed=0)
     if kind == "demo_llama":
         r = pretrain_lm(smk.output[0], texts, steps=int(smk.params.steps), batch_size=32, lr=3e-3, seed=0, log=log)

@@ -102,20 +102,31 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
     return len(records)
 
 
+def _system_line() -> str:
+    from sailflow.llava.templates import VICUNA_SYSTEM
+
+    return f"{VICUNA_SYSTEM} USER: ASSISTANT:"
+
+
 def demo_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
     """What the demo's tiny LLM is pre-trained on (and its tokenizer learns from): the captions, the
     instruction conversations, and the vicuna_v1 system prompt and role names stage 2 wraps them in (so
-    the LLM has read them before stage 2). The demo's 512-token vocabulary has too few merges left for
-    the prompt's rarer words: it is 104 tokens, mostly pieces of words (a 1,024-token vocabulary makes it
-    35, but was not adopted: one demo run with it scored lower on the short-answer questions)."""
+    the LLM has read them before stage 2). :func:`tokenizer_texts` counts the prompt as often as stage 2
+    reads it."""
     import csv
 
-    from sailflow.llava.templates import VICUNA_SYSTEM
-
-    texts = [f"{VICUNA_SYSTEM} USER: ASSISTANT:"] * 200
+    texts = [_system_line()] * 200
     with open(train_csv, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             texts += [v for k, v in row.items() if k != "Image Path" and v]
     for r in json.loads(Path(instructions).read_text()):
         texts += [t["value"].replace("<image>\n", "") for t in r["conversations"]]
     return texts
+
+
+def tokenizer_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
+    """The demo LLM's tokenizer corpus: :func:`demo_texts` and the system prompt once more per stage-2
+    conversation, as stage 2 reads it. Counted only 200 times, its rarer words get no merges in the
+    512-token vocabulary and the prompt takes 92 tokens; counted per conversation, 32."""
+    n = len(json.loads(Path(instructions).read_text()))
+    return demo_texts(train_csv, instructions) + [_system_line()] * n
