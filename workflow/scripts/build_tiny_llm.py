@@ -27,7 +27,7 @@ def main(smk):
             train_t5_tokenizer(texts, Path(tmp) / "tok", vocab_size=512)
             build_tiny_t5(smk.output[0], Path(tmp) / "tok", d_model=128, layers=2, heads=4, seed=0)
             return
-        corpus = tokenizer_texts(*smk.input.texts) if kind == "demo_llama" else texts  # the prompt as often as stage 2 reads it
+        corpus = tokenizer_texts(texts, smk.input.texts[1]) if kind == "demo_llama" else texts  # the prompt as often as stage 2 reads it
         train_tokenizer(corpus, Path(tmp) / "tok", vocab_size=512, chat_template=CHATML if arch == "qwen2" else None)
         build_tiny_llm(arch, smk.output[0], Path(tmp) / "tok", hidden_size=128, layers=2, heads=4, seed=0)
     if kind == "demo_llama":

@@ -124,9 +124,10 @@ def demo_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
     return texts
 
 
-def tokenizer_texts(train_csv: str | Path, instructions: str | Path) -> list[str]:
-    """The demo LLM's tokenizer corpus: :func:`demo_texts` and the system prompt once more per stage-2
-    conversation, as stage 2 reads it. Counted only 200 times, its rarer words get no merges in the
-    512-token vocabulary and the prompt takes 92 tokens; counted per conversation, 32."""
+def tokenizer_texts(texts: list[str], instructions: str | Path) -> list[str]:
+    """The demo LLM's tokenizer corpus: ``texts`` (from :func:`demo_texts`) and the system prompt once more
+    per stage-2 conversation of ``instructions``, as stage 2 reads it. Counted only 200 times, its rarer
+    words get no merges in the 512-token vocabulary and the prompt takes 92 tokens; counted per
+    conversation, 32."""
     n = len(json.loads(Path(instructions).read_text()))
-    return demo_texts(train_csv, instructions) + [_system_line()] * n
+    return texts + [_system_line()] * n
