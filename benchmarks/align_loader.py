@@ -27,6 +27,10 @@ scheme makes 56-66k pairs/s busy and 78-88k idle, where its collate's torch ops 
 and dropped: torch's parallel index_select (19-33x idle, 1-7x busy: it spins on its OpenMP threads);
 single-threaded index_select on two gather threads (idle 12-16x, busy 9-17x: no better than numpy's
 one thread, and worse beside a busy neighbour).
+On a 16-core H200 node (50k pairs, one round, 2026-11-30): idle 19.3x, busy 20.8x with 15 spinning
+neighbours; ours 1.25M pairs/s idle and 0.92M busy (the same one-core gather rate as on the 2-core VM),
+SAIL's 65k and 44k. Tried there and dropped: the sorted batch cut into 16 pieces copied by 4 numpy
+threads: 0.76-0.89M pairs/s idle (slower than one thread), 0.79-0.90M busy.
 
     python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096] [--modes idle busy] [--repeats 3]
 """
