@@ -13,6 +13,16 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
+@pytest.fixture(autouse=True, scope="module")
+def full_fp32_convolutions():
+    """cuDNN runs fp32 convolutions in TF32 by default (a 10-bit mantissa): off here, so that comparing the
+    GPU's answers and scores with the CPU's checks the code, not TF32's rounding."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 QUESTIONS = ["What colour is the square?", "Is it a square?", "Name a colour.", "What colour is the square?", "Is it a square?"]
 
 
