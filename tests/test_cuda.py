@@ -1,6 +1,6 @@
 """What only a CUDA GPU can show (skipped on the CPU machines of development and CI; on a GPU:
-``pytest tests/test_gpu.py``): a LLaVA stage trains in bf16 autocast with fp32 master weights and its losses
-track an fp32 run's; the attention kernel is the one the log says; the trained model answers on the GPU
+``pytest tests/test_cuda.py``): a LLaVA stage trains in bf16 autocast with fp32 master weights and its losses
+track an fp32 run's; the attention kernel is flash-attn 2 where installed, else SDPA; the trained model answers on the GPU
 as on the CPU, batched greedy answers equal one-at-a-time ones there, and VQAScore's shared-prefix cache
 gives the scores of a full pass there too."""
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def full_fp32_convolutions():
@@ -46,7 +47,8 @@ def gpu_runs(tmp_path_factory):
 
 
 def _losses(stage: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (stage / "train_log.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
+    records = (json.loads(line) for line in (stage / "train_log.jsonl").read_text().splitlines())
+    return [r["loss"] for r in records if "loss" in r]
 
 
 def _images(parts, n=5) -> list[str]:
