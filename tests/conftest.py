@@ -101,6 +101,14 @@ def planned_jobs(stdout: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
+def train_losses(path: Path) -> list[float]:
+    """The losses a trainer's ``train_log.jsonl`` at ``path`` records, in order (its other records skipped)."""
+    import json
+
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return [r["loss"] for r in records if "loss" in r]
+
+
 def job_inputs(stdout: str, rule: str) -> list[str]:
     """The input files of the planned jobs of ``rule`` (a dry run's job blocks)."""
     found = []

@@ -52,7 +52,7 @@ def texts() -> list[str]:
 
 def build_parts(root: Path, arch: str = "llama", image_size: int = 32, patch_size: int = 8) -> dict:
     """A tiny CLIP (for the tower: (image_size / patch_size)^2 image tokens), a tiny LLM with its
-    tokenizer, images and records under ``root``."""
+    tokenizer, images (``image_files``: their paths, in order) and records under ``root``."""
     from sailflow.backbones.tiny import build_tiny
     from sailflow.llava.tiny import build_tiny_llm, train_tokenizer
 
@@ -62,7 +62,7 @@ def build_parts(root: Path, arch: str = "llama", image_size: int = 32, patch_siz
     llm = build_tiny_llm(arch, root / "llm", root / "tok", hidden_size=64, layers=2, heads=4, seed=0)
     images = make_images(root)
     return {"clip": str(clip), "llm": str(llm), "records": str(make_records(root, images)), "images": str(root), "root": root,
-            "captions": str(make_records(root, images, captions=True))}
+            "captions": str(make_records(root, images, captions=True)), "image_files": [str(root / path) for path, _ in images]}
 
 
 def stage_args(parts: dict, stage: str, out_dir: Path, **settings) -> dict:

@@ -6,10 +6,11 @@ gives the scores of a full pass there too."""
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import train_losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -46,15 +47,6 @@ def gpu_runs(tmp_path_factory):
     return parts, runs
 
 
-def _losses(stage: Path) -> list[float]:
-    records = (json.loads(line) for line in (stage / "train_log.jsonl").read_text().splitlines())
-    return [r["loss"] for r in records if "loss" in r]
-
-
-def _images(parts, n=5) -> list[str]:
-    return [str(Path(parts["images"]) / "img" / f"{i:03d}.png") for i in range(n)]
-
-
 def test_stages_train_in_bf16_autocast_with_fp32_master_weights(gpu_runs):
     from safetensors import safe_open
 
@@ -66,7 +58,7 @@ def test_stages_train_in_bf16_autocast_with_fp32_master_weights(gpu_runs):
             with safe_open(str(stage / "connector.safetensors"), "pt") as f:
                 assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # master weights, saved as trained
     for s_bf16, s_fp32 in zip(runs["bf16"], runs["fp32"]):
-        bf16, fp32 = _losses(s_bf16), _losses(s_fp32)
+        bf16, fp32 = train_losses(s_bf16 / "train_log.jsonl"), train_losses(s_fp32 / "train_log.jsonl")
         assert len(bf16) == len(fp32) and all(map(torch.isfinite, torch.tensor(bf16)))
         # the same weights and batch: bf16 autocast changes the first loss by rounding only (8 mantissa bits)
         assert abs(bf16[0] - fp32[0]) <= 2e-2 * abs(fp32[0])
@@ -93,7 +85,7 @@ def test_gpu_answers_batched_equal_one_at_a_time_and_the_cpus(gpu_runs):
 
     parts, runs = gpu_runs
     gpu = VisionLanguageModel.from_run(runs["bf16"][1], device="cuda")
-    images = _images(parts)
+    images = parts["image_files"][:5]
     batched = gpu.generate(images, QUESTIONS, max_new_tokens=6, batch_size=5)
     single = [gpu.generate([im], [q], max_new_tokens=6)[0] for im, q in zip(images, QUESTIONS)]
     assert batched == single
@@ -107,7 +99,7 @@ def test_gpu_vqascore_prefix_cache_equals_full_passes_and_the_cpu(gpu_runs):
 
     parts, runs = gpu_runs
     texts = ["a red square", "a blue circle", "a green square on a white background"]
-    images = _images(parts, 3)
+    images = parts["image_files"][:3]
     gpu = VisionLanguageModel.from_run(runs["bf16"][1], device="cuda")
     cached = vqascore(gpu, images, texts).double().cpu()
     full = vqascore(gpu, images, texts, share="none").double().cpu()

@@ -24,7 +24,7 @@ def vlm(stage2):
 
 def _items(parts, n=7):
     qs = ["What colour is the square?", "Is it a square?", "Name a colour."]
-    items = [Item(question_id=1000 + i, image=str(Path(parts["images"]) / "img" / f"{i:03d}.png"), question=qs[i % 3], category="c")
+    items = [Item(question_id=1000 + i, image=parts["image_files"][i], question=qs[i % 3], category="c")
              for i in range(n)]
     items.append(Item(question_id="text-only", image=None, question="Name a colour."))
     return items
@@ -94,9 +94,9 @@ def test_vqascore_is_exp_mean_log_prob_of_yes_and_eos(parts, vlm):
     from sailflow.llava.templates import IGNORE_INDEX
     from sailflow.llava.vqascore import QUESTION, vqascore
 
-    image = str(Path(parts["images"]) / "img" / "000.png")
+    image = parts["image_files"][0]
     texts = ["A red square.", "A blue square.", "a square"]
-    s = vqascore(vlm, [image, image.replace("000", "001")], texts, batch_size=2)
+    s = vqascore(vlm, parts["image_files"][:2], texts, batch_size=2)
     assert s.shape == (2, 3) and s.dtype == torch.float64 and bool(((s > 0) & (s <= 1)).all())
 
     # by hand: the LLM's own causal-LM loss over the supervised tokens (" Yes" and </s>) of one conversation
@@ -113,7 +113,7 @@ def test_vqascore_shared_prefix_and_features_equal_reencoding_per_pair(parts, vl
     from sailflow.evaluate.datasets import Pairs
     from sailflow.llava.vqascore import _prefix_length, vqascore, vqascore_pairs, winoground_matrix
 
-    img = [str(Path(parts["images"]) / "img" / f"{i:03d}.png") for i in range(3)]
+    img = parts["image_files"][:3]
     texts = [["A red square.", "A green square with a much longer description.", "A blue square."], ["A yellow square."], ["Yes", "No"]]
     cached = vqascore_pairs(vlm, img, texts, batch_size=2)  # the default: the prefix's key/value cache
     features = vqascore_pairs(vlm, img, texts, batch_size=2, share="features")

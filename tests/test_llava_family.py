@@ -7,11 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from conftest import placeholders, planned_jobs, repo_config, snakemake, write_config
+from conftest import placeholders, planned_jobs, repo_config, snakemake, train_losses, write_config
 
 REAL_RUNS = ("clip_flant5_xl", "quilt_llava_7b", "remgcl_7b")
 DEMO_RUNS = ("clip_flant5_demo", "quilt_demo", "remgcl_demo")
@@ -67,11 +66,6 @@ def test_a_clip_tower_takes_its_token_count_and_width_from_its_config(tmp_path):
     assert (tower.n_tokens, tower.hidden_size) == (49, hidden)
 
 
-def _losses(path: Path) -> list[float]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return [x["loss"] for x in lines if "loss" in x]
-
-
 @pytest.mark.e2e
 def test_family_demo_variants_train_and_are_scored(demo_copy):
     """On the demo's shapes: CLIP-FlanT5 with a tiny T5 (VQAScore on the demo Winoground set, with its chance
@@ -93,7 +87,7 @@ def test_family_demo_variants_train_and_are_scored(demo_copy):
         assert (demo / f"results/{run}/report/llava_training.svg").stat().st_size > 0, run
     for run in DEMO_RUNS:
         for stage in ("pretrain", "finetune"):
-            losses = _losses(demo / f"results/{run}/llava/{stage}/train_log.jsonl")
+            losses = train_losses(demo / f"results/{run}/llava/{stage}/train_log.jsonl")
             assert losses and all(math.isfinite(x) for x in losses), (run, stage)
             assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (run, stage, losses)
 

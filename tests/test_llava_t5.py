@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import train_losses
 from llava_parts import make_images, make_records, plain_sgd_step, stage_args, texts
 from sailflow.llava.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, VICUNA_SYSTEM
 
@@ -273,15 +274,11 @@ def test_split_text_redraws_its_split_each_epoch(t5parts):
 
 
 # ---- training ------------------------------------------------------------------------------------------
-def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
 def test_stages_train_and_the_loss_decreases(t5_stage1, t5_stage2):
     out1, _, info1 = t5_stage1
     out2, info2, _ = t5_stage2
     assert info1["steps"] == 12 and info1["encoder_decoder"] and info1["bf16"] is False  # CPU: fp32
-    l1, l2 = _losses(out1), _losses(out2)
+    l1, l2 = train_losses(out1 / "train_log.jsonl"), train_losses(out2 / "train_log.jsonl")
     assert all(math.isfinite(x) for x in l1 + l2)
     assert sum(l1[-3:]) < sum(l1[:3])
     assert sum(l2[-3:]) < 0.8 * sum(l2[:3])

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import job_inputs, placeholders, planned_jobs, repo_config, snakemake, write_config
+from conftest import job_inputs, placeholders, planned_jobs, repo_config, snakemake, train_losses, write_config
 
 
 # ---- the plans --------------------------------------------------------------------------------------
@@ -83,10 +82,6 @@ def test_an_unlocked_open_clip_tower_trains_only_what_its_tokens_use(tmp_path):
 
 
 # ---- the demo variant end to end --------------------------------------------------------------------
-def _losses(path: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in path.read_text().splitlines() if "loss" in json.loads(line)]
-
-
 @pytest.mark.e2e
 def test_minivlm_demo_trains_from_urls_to_a_chat_model(demo_copy):
     """On the demo's shapes (its download and held-out sets): clip_demo trained from scratch on their raw
@@ -122,7 +117,7 @@ def test_minivlm_demo_trains_from_urls_to_a_chat_model(demo_copy):
     for stage in ("pretrain", "finetune"):
         d = workdir / "results/minivlm_demo/llava" / stage
         manifest = json.loads((d / "config.json").read_text())
-        losses = _losses(d / "train_log.jsonl")
+        losses = train_losses(d / "train_log.jsonl")
         assert len(losses) >= 10 and all(math.isfinite(x) for x in losses), losses
         assert sum(losses[-3:]) < sum(losses[:3]), (stage, losses)
         assert manifest["tower"]["trainable"]["tower"] and manifest["template"] == "chat" and manifest["n_image_tokens"] == 16
