@@ -3,7 +3,8 @@ on an idle machine and beside busy neighbours.
 
 SAIL's scheme, re-created: every chunk loaded into a Python list of per-row tensors (image, text,
 extra), a per-item Dataset, a shuffling DataLoader (workers 0, as its scripts) and a pad_sequence
-collate. Ours: EmbeddingPairs + BatchSampler (one numpy fancy-indexing read per chunk per batch).
+collate. Ours: EmbeddingPairs + BatchSampler (one numpy fancy-indexing read per chunk per batch and
+gather thread).
 Each side runs in its own process at each dataset size, so peak RSS is its own.
 
 Two modes, both sides measured in each: ``idle``, and ``busy``: one spinning process per spare
@@ -18,21 +19,22 @@ before: ``first_batches_ratio``), the time to open (ours) or load (SAIL) the set
 (goal for ours: flat in N); then ``idle_min_throughput_ratio`` and ``busy_min_throughput_ratio``
 side by side.
 
-Measured on a quiet 2-core VM (one busy neighbour in the busy mode), 25k/50k/100k pairs: idle 11.9x,
-busy 13.2x (per size and mode 12-17x): below the 20x goal. Ours gathers on one core at 0.9-1.2M pairs/s
-in both modes (4 KB a pair: 4-5 GB/s of scattered row copies). That is the VM's limit for scattered row
-copies on one core, not the maps': the same sorted gather from anonymous memory ran at the same 1.25M
-pairs/s as from the page-cache maps, in one process, while a contiguous copy reached 20 GB/s. SAIL's
-scheme makes 56-66k pairs/s busy and 78-88k idle, where its collate's torch ops use both cores. Tried
-and dropped: torch's parallel index_select (19-33x idle, 1-7x busy: it spins on its OpenMP threads);
-single-threaded index_select on two gather threads (idle 12-16x, busy 9-17x: no better than numpy's
-one thread, and worse beside a busy neighbour).
-On a 16-core H200 node (50k pairs, one round, 2026-11-30): idle 19.3x, busy 20.8x with 15 spinning
-neighbours; ours 1.25M pairs/s idle and 0.92M busy (the same one-core gather rate as on the 2-core VM),
-SAIL's 65k and 44k. Tried there and dropped: the sorted batch cut into 16 pieces copied by 4 numpy
-threads: 0.76-0.89M pairs/s idle (slower than one thread), 0.79-0.90M busy.
+Ours gathers with numpy's ``take`` on two threads where two cores are free, each copying one half of
+the sorted batch (``--threads 1`` measures the one-thread gather). Measured on a quiet 2-core VM (one busy
+neighbour in the busy mode), 25k/50k/100k pairs, 3 rounds, 2026-11-30, the two settings one after the other:
+two threads: idle 30.5x, busy 26.5x (per size and mode 26-34x; ours 3.5-3.6M pairs/s idle, 2.2-2.3M busy);
+one thread: idle 18.6x, busy 26.8x (ours 2.3-2.6M pairs/s idle, 2.1-2.6M busy). The waiting thread blocks (a future), so beside a busy neighbour
+the two threads share one core at the one-thread rate. SAIL's scheme makes 105-117k pairs/s idle and
+73-85k busy, where its collate's torch ops use both cores.
+Earlier, on a 2-core VM whose one-core scattered copies ran at 0.9-1.2M pairs/s, one thread gave idle
+11.9x, busy 13.2x. Tried and dropped: torch's parallel index_select (19-33x idle, 1-7x busy: it spins
+on its OpenMP threads); single-threaded index_select on two gather threads (idle 12-16x, busy 9-17x).
+On a 16-core H200 node (50k pairs, one round, one gather thread; the two-thread gather is not measured
+there): idle 19.3x, busy 20.8x with 15 spinning neighbours; SAIL's 65k and 44k pairs/s. Tried there and
+dropped: the sorted batch cut into 16 pieces copied by 4 numpy threads: 0.76-0.89M pairs/s idle (slower
+than one thread's 1.25M), 0.79-0.90M busy.
 
-    python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096] [--modes idle busy] [--repeats 3]
+    python benchmarks/align_loader.py [--sizes 25000 50000 100000] [--batch 4096] [--modes idle busy] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _rate(fn, batch: int, steps: int, min_s: float = 0.0) -> float:
     return step * batch / (time.perf_counter() - t)
 
 
-def run_ours(d: Path, batch: int, steps: int) -> dict:
+def run_ours(d: Path, batch: int, steps: int, threads: int | None = None) -> dict:
     """The trainer's loader: one reused batch buffer, gathered from freshly opened memory maps.
     ``cold``: the first ``steps`` batches, which also page the maps in; ``steady``: the next ones."""
     from sailflow.align.loader import BatchSampler, EmbeddingPairs
@@ -86,7 +88,7 @@ def run_ours(d: Path, batch: int, steps: int) -> dict:
 
     t = time.perf_counter()
     f = {k: [open_embeddings(p) for p in sorted(d.glob(f"{k}_*.safetensors"))] for k in ("image", "text", "extra")}
-    pairs = EmbeddingPairs(f["image"], f["text"], f["extra"])
+    pairs = EmbeddingPairs(f["image"], f["text"], f["extra"], threads=threads)
     sampler = BatchSampler(len(pairs), batch, seed=0)
     buf = pairs.empty_batch(batch)
     load_s = time.perf_counter() - t
@@ -151,8 +153,8 @@ def _anon_rss_mb() -> float:
     return float("nan")
 
 
-def child(kind: str, d: str, batch: int, steps: int) -> None:
-    r = (run_ours if kind == "ours" else run_sail)(Path(d), batch, steps)
+def child(kind: str, d: str, batch: int, steps: int, threads: int | None) -> None:
+    r = run_ours(Path(d), batch, steps, threads) if kind == "ours" else run_sail(Path(d), batch, steps)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({**r, "peak_rss_mb": rss_mb, "anon_rss_mb": _anon_rss_mb()}))
 
@@ -182,14 +184,15 @@ def busy_neighbours(n: int):
             p.wait()
 
 
-def measure(d: str, batch: int, steps: int, repeats: int) -> dict:
+def measure(d: str, batch: int, steps: int, repeats: int, threads: int | None) -> dict:
     """Both sides on the shards in ``d``, each in its own process, alternating for ``repeats``
     rounds: each round's ratio compares two runs made seconds apart, and the median round is kept."""
     rounds = []
     for _ in range(repeats):
         r = {}
         for kind in ("ours", "sail"):
-            out = subprocess.run([sys.executable, __file__, "--child", kind, d, "--batch", str(batch), "--steps", str(steps)],
+            out = subprocess.run([sys.executable, __file__, "--child", kind, d, "--batch", str(batch), "--steps", str(steps),
+                                  *(["--threads", str(threads)] if threads else [])],
                                  check=True, capture_output=True, text=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             r[f"{kind}_pairs_per_s"] = round(res["steady"])
@@ -211,10 +214,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--modes", nargs="+", choices=["idle", "busy"], default=["idle", "busy"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="our loader's gather threads (default: the loader's own, two where two cores are free)")
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.child:
-        return child(a.child[0], a.child[1], a.batch, a.steps)
+        return child(a.child[0], a.child[1], a.batch, a.steps, a.threads)
     cores = len(os.sched_getaffinity(0))
     spinners = max(1, cores - 1)
     rows = []
@@ -224,9 +228,10 @@ def main() -> None:
             r = {"pairs": n}
             for mode in a.modes:
                 with busy_neighbours(spinners if mode == "busy" else 0):
-                    r[mode] = measure(d, a.batch, a.steps, a.repeats)
+                    r[mode] = measure(d, a.batch, a.steps, a.repeats, a.threads)
             rows.append(r)
     res = {"benchmark": "align_loader", "dims": [DV, DT], "batch": a.batch, "steps": a.steps, "repeats": a.repeats, "cores": cores,
+           "ours_threads": a.threads or min(2, cores),
            "busy_neighbours": spinners, "sizes": rows}
     for mode in a.modes:
         res[f"{mode}_min_throughput_ratio"] = min(r[mode]["throughput_ratio"] for r in rows)

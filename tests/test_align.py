@@ -217,6 +217,23 @@ def test_batches_are_gathered_into_reused_buffers_and_prefetched_unchanged(tmp_p
     assert seen == list(range(1, 9)) and len(ptrs) == 4  # depth + 2 buffers, reused round-robin
 
 
+def test_gather_on_several_threads_equals_one_thread(tmp_path):
+    """The threads' halves of a sorted batch cross chunk files; the buffers come back as one thread fills them."""
+    f = _chunks(tmp_path, [7, 5, 9], missing={3, 15})
+    rows = np.array([20, 3, 0, 8, 7, 15, 14, 6, 12])  # 3 and 15: extra captions missing, masked out
+    one = EmbeddingPairs(f["image"], f["text"], f["extra"], threads=1).gather(rows)
+    assert one.extra_mask.tolist() == [r not in (3, 15) for r in np.sort(rows)]
+    for threads in (2, 3, 20):
+        pairs = EmbeddingPairs(f["image"], f["text"], f["extra"], threads=threads)
+        buf = pairs.empty_batch(12)
+        buf.extra_mask.fill_(False)  # stale values from an earlier batch must not survive
+        for _ in range(2):  # the pool is reused
+            b = pairs.gather(rows, out=buf)
+            for x, y in ((b.image, one.image), (b.text, one.text), (b.extra, one.extra), (b.extra_mask, one.extra_mask)):
+                assert torch.equal(x, y)
+    assert len(EmbeddingPairs(f["image"], f["text"], threads=2).gather(np.zeros(0, np.int64)).image) == 0
+
+
 def test_loader_gathers_bfloat16_bit_exact_and_refuses_bad_rows(tmp_path):
     """bf16 is stored as uint16 in the memory map: gathered into a bfloat16 buffer, bit for bit."""
     rng = np.random.default_rng(0)

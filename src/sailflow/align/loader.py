@@ -5,8 +5,10 @@ g - offset[f]). Each epoch is one permutation of the usable rows, seeded by (see
 batch is a pure function of (epoch, batch index): resuming needs only the step number. A batch is
 gathered with one fancy-indexing read per chunk file it touches (never per sample), straight into
 reused batch buffers, in a background thread that keeps ``depth`` batches ready. The read is numpy's
-single-threaded ``take`` (GIL released, so it overlaps the training step), never a parallel torch
-op: those spin on their OpenMP threads and crawl when another job holds a core. For a GPU it also
+``take`` (GIL released, so it overlaps the training step) on up to two threads, each copying one
+contiguous half of the sorted batch; the threads wait passively, so beside a busy neighbour they
+share a core without losing time. Never a parallel torch op: those spin on their OpenMP threads and
+crawl when another job holds a core. For a GPU it also
 copies them to the device on its own CUDA stream from a pinned buffer. Memory does not grow with
 the number of samples beyond the memory map and the index arrays.
 
@@ -16,8 +18,10 @@ extra-positive block.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,14 +38,22 @@ class Batch:
     extra_mask: torch.Tensor | None  # [B] bool
 
 
+def _rows_of(b: Batch, lo: int, hi: int) -> Batch:
+    """Rows [lo, hi) of a batch's buffers (views)."""
+    return Batch(*(t[lo:hi] if t is not None else None for t in (b.image, b.text, b.extra, b.extra_mask)))
+
+
 class EmbeddingPairs:
     """Aligned image / caption / extra-caption chunk files (same order in each list)."""
 
     def __init__(self, image: list[EmbeddingFile], text: list[EmbeddingFile], extra: list[EmbeddingFile] | None = None,
-                 subset: int | None = None, seed: int = 0):
+                 subset: int | None = None, seed: int = 0, threads: int | None = None):
         if len(image) != len(text) or (extra is not None and len(extra) != len(image)):
             raise ValueError("image, text and extra chunk lists differ in length")
         self.image, self.text, self.extra = image, text, extra
+        # gather threads: two where the process may use two cores (one under a one-core Slurm job)
+        self.threads = max(1, threads if threads is not None else min(2, len(os.sched_getaffinity(0))))
+        self._pool: ThreadPoolExecutor | None = None
         counts = np.array([f.count for f in image], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         usable = [np.flatnonzero(np.asarray(t.present) > 0) + off if t.present is not None else np.arange(c) + off
@@ -79,25 +91,39 @@ class EmbeddingPairs:
         written into ``out`` (from :meth:`empty_batch`; fresh buffers when None).
 
         The rows come back sorted: a batch is a set, and sorted rows make one sequential
-        fancy-indexing read per chunk file, concatenated without any per-sample work."""
+        fancy-indexing read per chunk file, concatenated without any per-sample work. With two
+        threads each copies one contiguous half of the sorted rows into its half of the buffers."""
         rows = np.sort(rows)
-        bounds = np.searchsorted(rows, self.offsets)
         n = len(rows)
         b = out if out is not None else self.empty_batch(n)
-        img, txt = b.image[:n], b.text[:n]
-        ext = b.extra[:n] if b.extra is not None else None
-        mask = b.extra_mask[:n].fill_(True) if b.extra_mask is not None else None
+        cuts = np.unique(np.linspace(0, n, min(self.threads, max(n, 1)) + 1).astype(int))
+        parts = [(rows[lo:hi], _rows_of(b, lo, hi)) for lo, hi in zip(cuts, cuts[1:])]
+        if len(parts) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gather")
+            futures = [self._pool.submit(self._fill, *p) for p in parts[1:]]
+            self._fill(*parts[0])
+            for fut in futures:
+                fut.result()
+        elif parts:
+            self._fill(*parts[0])
+        return _rows_of(b, 0, n)
+
+    def _fill(self, rows: np.ndarray, out: Batch) -> None:
+        """Sorted global ``rows`` into ``out`` (exactly ``len(rows)`` rows): one read per chunk file."""
+        bounds = np.searchsorted(rows, self.offsets)
+        if out.extra_mask is not None:
+            out.extra_mask.fill_(True)
         for f in np.flatnonzero(bounds[1:] > bounds[:-1]):
             lo, hi = bounds[f], bounds[f + 1]
             local = rows[lo:hi] - self.offsets[f]
-            self.image[f].rows(local, out=img[lo:hi])
-            self.text[f].rows(local, out=txt[lo:hi])
-            if ext is not None:
+            self.image[f].rows(local, out=out.image[lo:hi])
+            self.text[f].rows(local, out=out.text[lo:hi])
+            if out.extra is not None:
                 e = self.extra[f]
-                e.rows(local, out=ext[lo:hi])
+                e.rows(local, out=out.extra[lo:hi])
                 if e.present is not None:
-                    mask[lo:hi] = torch.from_numpy(np.asarray(e.present)[local] > 0)
-        return Batch(img, txt, ext, mask)
+                    out.extra_mask[lo:hi] = torch.from_numpy(np.asarray(e.present)[local] > 0)
 
 
 class BatchSampler:
