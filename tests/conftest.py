@@ -196,16 +196,24 @@ def pytest_collection_modifyitems(config, items):
     once Slurm's tools are installed and a slurm.conf is in reach, every `snakemake` call (the Slurm plugin
     is installed) asks slurmctld for its config at start-up, which takes ~10 s whenever no slurmctld
     answers. Under xdist it comes second: its cluster is up while it runs, and its tests mostly wait for
-    Slurm's status checks, which overlaps the other worker's computing. The order within a unit is kept."""
+    Slurm's status checks, which overlaps the other worker's computing. The order within a unit is kept,
+    except that in a `demo_copy` module the tests that take a copy (minutes each) come first: xdist hands
+    a worker its next unit when two of its tests are left, so a long test run last would take the next
+    long module to the same worker while the other one runs out of work (measured: 220 s idle)."""
     slurm = {i.path for i in items if i.get_closest_marker("slurm") is not None}
     xdist = hasattr(config, "workerinput")  # this is an xdist worker
+    first = {}
+    for n, item in enumerate(items):
+        first.setdefault(item.path, n)
 
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int, bool]:
         if _unit(item.path) == "demo":
-            return 0
+            return 0, first[item.path], False
         if item.path in slurm:
-            return 1 if xdist else 4
-        return 3 if "demo_copy" in _fixtures_used(item.path) else 2
+            return 1 if xdist else 4, first[item.path], False
+        if "demo_copy" in _fixtures_used(item.path):
+            return 3, first[item.path], "demo_copy" not in getattr(item, "fixturenames", ())
+        return 2, first[item.path], False
 
     items[:] = sorted(items, key=rank)  # stable
 

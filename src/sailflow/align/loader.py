@@ -38,6 +38,13 @@ class Batch:
     extra_mask: torch.Tensor | None  # [B] bool
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one, as under Slurm)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _rows_of(b: Batch, lo: int, hi: int) -> Batch:
     """Rows [lo, hi) of a batch's buffers (views)."""
     return Batch(*(t[lo:hi] if t is not None else None for t in (b.image, b.text, b.extra, b.extra_mask)))
@@ -52,7 +59,7 @@ class EmbeddingPairs:
             raise ValueError("image, text and extra chunk lists differ in length")
         self.image, self.text, self.extra = image, text, extra
         # gather threads: two where the process may use two cores (one under a one-core Slurm job)
-        self.threads = max(1, threads if threads is not None else min(2, len(os.sched_getaffinity(0))))
+        self.threads = max(1, threads if threads is not None else min(2, _usable_cores()))
         self._pool: ThreadPoolExecutor | None = None
         counts = np.array([f.count for f in image], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
