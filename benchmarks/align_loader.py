@@ -99,7 +99,7 @@ def run_ours(d: Path, batch: int, steps: int, threads: int | None = None) -> dic
 
     cold = _rate(one, batch, steps)
     steady = _rate(lambda s: one(s + steps), batch, steps, STEADY_S)
-    return {"load_s": load_s, "cold": cold, "steady": steady}
+    return {"load_s": load_s, "cold": cold, "steady": steady, "threads": pairs.threads}
 
 
 def run_sail(d: Path, batch: int, steps: int) -> dict:
@@ -196,6 +196,8 @@ def measure(d: str, batch: int, steps: int, repeats: int, threads: int | None) -
                                  check=True, capture_output=True, text=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             r[f"{kind}_pairs_per_s"] = round(res["steady"])
+            if kind == "ours":
+                r["ours_threads"] = res["threads"]  # the loader's own choice unless --threads
             r[f"{kind}_first_batches_pairs_per_s"] = round(res["cold"])
             r[f"{kind}_open_s"] = round(res["load_s"], 3)
             r[f"{kind}_peak_rss_mb"] = round(res["peak_rss_mb"])  # includes mapped file pages
@@ -231,7 +233,6 @@ def main() -> None:
                     r[mode] = measure(d, a.batch, a.steps, a.repeats, a.threads)
             rows.append(r)
     res = {"benchmark": "align_loader", "dims": [DV, DT], "batch": a.batch, "steps": a.steps, "repeats": a.repeats, "cores": cores,
-           "ours_threads": a.threads or min(2, cores),
            "busy_neighbours": spinners, "sizes": rows}
     for mode in a.modes:
         res[f"{mode}_min_throughput_ratio"] = min(r[mode]["throughput_ratio"] for r in rows)

@@ -202,20 +202,22 @@ def pytest_collection_modifyitems(config, items):
     long module to the same worker while the other one runs out of work (measured: 220 s idle)."""
     slurm = {i.path for i in items if i.get_closest_marker("slurm") is not None}
     xdist = hasattr(config, "workerinput")  # this is an xdist worker
-    first = {}
+    first = {}  # a module's place in collection order: keeps each module's tests together
     for n, item in enumerate(items):
         first.setdefault(item.path, n)
 
-    def rank(item) -> tuple[int, int, bool]:
+    def rank(item) -> int:
         if _unit(item.path) == "demo":
-            return 0, first[item.path], False
+            return 0
         if item.path in slurm:
-            return 1 if xdist else 4, first[item.path], False
-        if "demo_copy" in _fixtures_used(item.path):
-            return 3, first[item.path], "demo_copy" not in getattr(item, "fixturenames", ())
-        return 2, first[item.path], False
+            return 1 if xdist else 4
+        return 3 if "demo_copy" in _fixtures_used(item.path) else 2
 
-    items[:] = sorted(items, key=rank)  # stable
+    def key(item) -> tuple[int, int, bool]:
+        r = rank(item)
+        return r, first[item.path], r == 3 and "demo_copy" not in getattr(item, "fixturenames", ())
+
+    items[:] = sorted(items, key=key)  # stable
 
 
 @pytest.fixture(scope="session")

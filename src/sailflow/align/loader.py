@@ -103,17 +103,15 @@ class EmbeddingPairs:
         rows = np.sort(rows)
         n = len(rows)
         b = out if out is not None else self.empty_batch(n)
-        cuts = np.unique(np.linspace(0, n, min(self.threads, max(n, 1)) + 1).astype(int))
+        cuts = np.unique(np.linspace(0, n, self.threads + 1).astype(int))  # no empty parts (none at all for n = 0)
         parts = [(rows[lo:hi], _rows_of(b, lo, hi)) for lo, hi in zip(cuts, cuts[1:])]
-        if len(parts) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gather")
-            futures = [self._pool.submit(self._fill, *p) for p in parts[1:]]
-            self._fill(*parts[0])
-            for fut in futures:
-                fut.result()
-        elif parts:
-            self._fill(*parts[0])
+        if len(parts) > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gather")
+        futures = [self._pool.submit(self._fill, *p) for p in parts[1:]]
+        for p in parts[:1]:  # the first part on this thread
+            self._fill(*p)
+        for fut in futures:
+            fut.result()
         return _rows_of(b, 0, n)
 
     def _fill(self, rows: np.ndarray, out: Batch) -> None:
