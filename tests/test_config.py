@@ -84,6 +84,16 @@ def test_a_llava_batch_the_gpus_cannot_split_stops_the_plan(workdir):
             in out), out[-2000:]
 
 
+def test_a_system_prompt_for_a_template_without_one_stops_the_plan(workdir):
+    cfg = repo_config()
+    cfg["llava_runs"]["llava_demo"]["pretrain"]["system_prompt"] = ""  # stage 1's `plain` has none
+    write_config(workdir, cfg)
+    proc = snakemake(workdir, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "llava_runs.llava_demo.pretrain.system_prompt: template 'plain' has no system prompt to set" in out, out[-2000:]
+
+
 def _filled(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     validate(cfg, str(SCHEMA))

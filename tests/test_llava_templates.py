@@ -129,6 +129,30 @@ def test_v1_image_multi_turn(words):
     assert enc.labels == [I] * (1 + 29 + 2 + 1 + 6) + [37, 2] + [I] * 8 + [42, 2]
 
 
+def test_v1_with_the_runs_own_system_prompt(words):
+    none = get_template("v1", words, system="")  # no system prompt: the text starts at "USER:"
+    enc = none.encode(IMAGE_2, has_image=True)
+    assert enc.input_ids == [1, 31, 32, X, 6, 34, 35, 36, 33, 32, 37, 2, 31, 32, 39, 40, 41, 36, 33, 32, 42, 2]
+    assert enc.labels == [I] * (1 + 2 + 1 + 6) + [37, 2] + [I] * 8 + [42, 2]
+    assert none.prompt("What color?", has_image=True) == [1, 31, 32, X, 6, 34, 35, 36, 33, 32]
+    own = get_template("v1", words, system="You are a helpful assistant.")
+    assert own.prompt("What color?", has_image=False) == [1, 46, 47, 10, 21, 17, 18, 31, 32, 34, 35, 36, 33, 32]
+    assert get_template("v1", words).system == VICUNA_SYSTEM  # the default is untouched
+    with pytest.raises(ValueError, match="template 'plain' has no system prompt to set"):
+        get_template("plain", words, system="")
+    with pytest.raises(ValueError, match="template 'chat' has no system prompt to set"):
+        get_template("chat", words, system="Hi")
+
+
+def test_generation_and_vqascore_prompts_follow_the_stages_system_prompt(words):
+    from sailflow.llava.generate import VisionLanguageModel
+
+    none = VisionLanguageModel(None, words, {"template": "v1", "settings": {"system_prompt": ""}})
+    assert none.prompt_ids("What color?") == [1, 31, 32, X, 6, 34, 35, 36, 33, 32]
+    default = VisionLanguageModel(None, words, {"template": "v1", "settings": {}})
+    assert default.prompt_ids("What color?") == [1, *SYS, 31, 32, X, 6, 34, 35, 36, 33, 32]
+
+
 def test_chat_image_multi_turn(words):
     enc = get_template("chat", words).encode(IMAGE_2, has_image=True)
     # SYS-turn <|im_start|> user \n <image> \n What color ? <|im_end|> \n <|im_start|> assistant \n red <|im_end|> \n ...

@@ -90,6 +90,26 @@ def test_sail_tower_is_the_align_heads_vision_half_on_cls_patch_tokens(tiny):
     assert set(tower.head.state_dict()) == {k for k in head.state_dict() if k.startswith("vision_")}  # text half dropped
 
 
+def test_pool_averages_the_token_grid(tiny):
+    from sailflow.llava.export import exportable
+
+    full, pooled = load_tower(spec(tiny, "sail")), load_tower(spec(tiny, "sail", pool=2))
+    assert (pooled.n_tokens, pooled.hidden_size) == (4, 48) and pooled.describe()["pool"] == 2
+    x = pixels(3, (224, 224))
+    grid = full(x).double().reshape(2, 16, 16, 48)  # row-major patches
+    quarters = [grid[:, r:r + 8, c:c + 8].mean((1, 2)) for r in (0, 8) for c in (0, 8)]
+    torch.testing.assert_close(pooled(x).double(), torch.stack(quarters, 1), rtol=1e-5, atol=1e-6)
+    three = load_tower(spec(tiny, "dinov2", pool=3))  # 16 / 3: overlapping cells 0-6, 5-11, 10-16 per side
+    grid = load_tower(spec(tiny, "dinov2"))(x).double().reshape(2, 16, 16, 64)
+    out = three(x).double()
+    assert out.shape == (2, 9, 64)
+    torch.testing.assert_close(out[:, 0], grid[:, :6, :6].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[:, 4], grid[:, 5:11, 5:11].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TowerError, match="pool 17 needs a square grid of at least 17 x 17 tokens; this tower gives 256"):
+        load_tower(spec(tiny, "dinov2", pool=17))
+    assert exportable("clip", "mlp2x_gelu", tower_layer=-2) and not exportable("clip", "mlp2x_gelu", tower_layer=-2, pool=2)
+
+
 def test_sail_tower_refuses_a_head_of_another_width(tiny, tmp_path):
     AlignmentHead(vision_dim=64, text_dim=32, dim=48).save(tmp_path / "align")  # trained on cls pooling: 64-d
     with pytest.raises(TowerError, match="takes 64-d vision features but .* is 128-d"):

@@ -441,6 +441,11 @@ def _check_llava(name):
             if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
                 raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
         s, world = llava_settings(name, stage), max(1, r["gpus"])
+        if s.get("system_prompt") is not None and s["template"] not in ("v1", "t5_v1"):
+            raise ValueError(
+                f"llava_runs.{name}.{stage}.system_prompt: template {s['template']!r} has no system prompt to set "
+                "(v1 and t5_v1 have one)"
+            )
         if s["global_batch_size"] % (s["per_device_batch_size"] * world):
             raise ValueError(
                 f"llava_runs.{name}.{stage}: global_batch_size {s['global_batch_size']} is not a multiple of "
@@ -466,20 +471,25 @@ def llava_tower(run):
     t = LLAVA_RUNS[run]["tower"]
     if "align_run" in t:
         vision = RUNS[t["align_run"]]["vision"]
-        return {
+        return _with_pool({
             "kind": "sail",
             "name": vision,
             "backbone": backbone_entry(vision),
             "align_dir": paths.align_dir(t["align_run"]),
             "align_run": t["align_run"],
-        }
+        }, t)
     b = backbone_entry(t["backbone"])
     spec = {"kind": b["family"], "name": t["backbone"], "backbone": b}
     if b["family"] in ("clip", "open_clip"):
         spec["layer"] = t.get("layer", -2)
     elif "layer" in t:  # dinov2: a block's output instead of the final normed one (exportable to transformers' Llava)
         spec["layer"] = t["layer"]
-    return spec
+    return _with_pool(spec, t)
+
+
+def _with_pool(spec, t):
+    """`pool` is in the spec only when set: the params (rerun trigger, fingerprint) of a run without it stay as before."""
+    return {**spec, "pool": t["pool"]} if "pool" in t else spec
 
 
 def llava_connector(run):
@@ -587,7 +597,8 @@ def llava_exportable(run):
     r, tower, finetune = LLAVA_RUNS[run], llava_tower(run), llava_settings(run, "finetune")
     if finetune["template"].startswith("t5_"):
         return False  # an encoder-decoder (Flan-T5) has no LlavaForConditionalGeneration to export to
-    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(finetune.get("lora")), tower.get("layer"))
+    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(finetune.get("lora")), tower.get("layer"),
+                                      tower.get("pool"))
 
 
 def llava_targets(run):

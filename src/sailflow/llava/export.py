@@ -27,9 +27,10 @@ EXPORTABLE_TOWERS = ("clip", "dinov2")
 EXPORTABLE_LLMS = ("llama", "qwen2")
 
 
-def exportable(tower_kind: str, connector_kind: str, lora: bool = False, tower_layer=None) -> bool:
-    """Whether transformers' Llava can hold these parts (decided from the config, torch-free)."""
-    if connector_kind != "mlp2x_gelu" or tower_kind not in EXPORTABLE_TOWERS:
+def exportable(tower_kind: str, connector_kind: str, lora: bool = False, tower_layer=None, pool=None) -> bool:
+    """Whether transformers' Llava can hold these parts (decided from the config, torch-free). It has no token
+    pooling between the tower and the projector."""
+    if connector_kind != "mlp2x_gelu" or tower_kind not in EXPORTABLE_TOWERS or pool is not None:
         return False
     return tower_kind == "clip" or tower_layer is not None
 
@@ -52,7 +53,7 @@ def export_hf(stage: str | Path, out_dir: str | Path, *, log=sys.stderr) -> dict
     model, tokenizer, manifest = load_stage(stage)
     tower = model.vision_tower
     spec = manifest["tower_spec"]
-    if not exportable(tower.kind, manifest["connector"]["kind"], manifest.get("lora"), spec.get("layer")):
+    if not exportable(tower.kind, manifest["connector"]["kind"], manifest.get("lora"), spec.get("layer"), spec.get("pool")):
         raise ExportError(f"{stage}: a {tower.kind} tower with a {manifest['connector']['kind']} connector has no transformers "
                           "Llava equivalent; the run stays in sailflow's format (load it with VisionLanguageModel.from_run)")
     llm = model.language_model
@@ -90,6 +91,7 @@ def export_hf(stage: str | Path, out_dir: str | Path, *, log=sys.stderr) -> dict
         processor.save_pretrained(d)
         write_json(Path(d) / "sailflow.json", {"exported_from": str(stage), "image_aspect_ratio": manifest["image_aspect_ratio"],
                                                 "template": manifest["template"], "image_token": "<image>",
+                                                "system_prompt": manifest["settings"].get("system_prompt"),
                                                 "note": "LLaVA-1.5 pads images to a square of the processor mean before the processor"})
 
     _save_dir(out_dir, write)

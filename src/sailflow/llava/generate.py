@@ -95,7 +95,7 @@ class VisionLanguageModel:
         from sailflow.llava.templates import get_template
 
         self.model, self.tokenizer, self.manifest, self.device = model, tokenizer, manifest, device
-        self.template = get_template(manifest["template"], tokenizer)
+        self.template = get_template(manifest["template"], tokenizer, system=manifest.get("settings", {}).get("system_prompt"))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None) -> "VisionLanguageModel":

@@ -6,7 +6,8 @@ decoder-only LLM, which give an :class:`Encoded` (``input_ids`` and ``labels`` a
     plain  stage 1 (projector alignment): [bos] <image> caption "\\n"; the human text is discarded;
            the caption and its "\\n" are supervised, no EOS (LLaVA's ``preprocess_plain``)
     v1     stage 2, LLaVA-1.5's ``vicuna_v1``: "{system} USER: {q} ASSISTANT: {a}</s>USER: ..." ;
-           each answer (with the space before it) and its EOS are supervised
+           each answer (with the space before it) and its EOS are supervised; a run may set its own
+           system prompt (``system_prompt``, also for ``t5_v1``; empty: none)
     chat   the tokenizer's own ``chat_template`` (e.g. Qwen2's ChatML); each assistant content and
            the template's end-of-turn token after it are supervised
 
@@ -332,14 +333,18 @@ class VicunaTemplate(Template):
         turns = move_image_first(conversation_turns(conversations), has_image)
         eos = [self.tokenizer.eos_token_id]
         segments: list = [(self.bos, False)]
-        head = self.system + " "
+        head = self._head()
         for q, a in zip(turns[0::2], turns[1::2]):
             segments += [(head + "USER: " + q["value"] + " ASSISTANT:", False), (" " + a["value"], True), (eos, True)]
             head = ""
         return segments
 
     def prompt_segments(self, user_text):
-        return [(self.bos, False), (self.system + " USER: " + user_text + " ASSISTANT:", False)]
+        return [(self.bos, False), (self._head() + "USER: " + user_text + " ASSISTANT:", False)]
+
+    def _head(self) -> str:
+        """The system prompt and its separator; nothing when the run sets an empty one."""
+        return self.system + " " if self.system else ""
 
 
 class ChatTemplate(Template):
@@ -529,7 +534,7 @@ class T5VicunaTemplate(T5Template):
     flattens_turns = True
 
     def _encoder_text(self, turns: list[dict]) -> str:
-        text = self.system + " "
+        text = self.system + " " if self.system else ""
         for k, turn in enumerate(turns[:-1]):
             text += ("USER: ", "ASSISTANT: ")[k % 2] + turn["value"] + " "
         return text + "ASSISTANT: "
@@ -551,15 +556,24 @@ TEMPLATES = {"plain": PlainTemplate, "v1": VicunaTemplate, "chat": ChatTemplate,
              "t5_plain": T5PlainTemplate, "t5_plain_split_text": T5PlainSplitTextTemplate, "t5_v1": T5VicunaTemplate}
 
 
-def get_template(name: str, tokenizer, *, seed: int = 0) -> Template:
+def get_template(name: str, tokenizer, *, seed: int = 0, system: str | None = None) -> Template:
     """The template ``name`` ("plain" | "v1" | "chat" | "t5_plain" | "t5_plain_split_text" | "t5_v1")
     bound to ``tokenizer``. ``seed``: for ``t5_plain_split_text``'s random caption splits (others draw
-    nothing)."""
+    nothing). ``system``: a run's own system prompt instead of vicuna_v1's (``v1`` and ``t5_v1`` only;
+    ``""``: none, the text starts at "USER:"); None keeps the template's."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
+    if system is not None and not hasattr(TEMPLATES[name], "system"):
+        with_system = sorted(n for n, t in TEMPLATES.items() if hasattr(t, "system"))
+        raise ValueError(f"template {name!r} has no system prompt to set (system_prompt: {system!r}); "
+                         f"templates with one: {with_system}")
     if TEMPLATES[name] is T5PlainSplitTextTemplate:
-        return T5PlainSplitTextTemplate(tokenizer, seed=seed)
-    return TEMPLATES[name](tokenizer)
+        template = T5PlainSplitTextTemplate(tokenizer, seed=seed)
+    else:
+        template = TEMPLATES[name](tokenizer)
+    if system is not None:
+        template.system = system
+    return template
 
 
 def truncate(enc: Encoded | Seq2SeqEncoded, n_image_tokens: int, max_length: int) -> Encoded | Seq2SeqEncoded | None:

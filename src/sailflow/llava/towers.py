@@ -11,7 +11,9 @@
                per patch is what SAIL-LLaVA does (reference sail.md section 5).
 
 The backbones themselves are :func:`sailflow.backbones.load_vision`; a tower only chooses their token
-pooling and, for SAIL, adds the head. ``image_aspect_ratio``: ``square`` is the processor's own
+pooling and, for SAIL, adds the head. ``pool: k`` (optional) then average-pools the square grid of tokens
+to ``k x k`` (adaptive average pooling, the cells as ``torch.nn.functional.adaptive_avg_pool2d`` cuts
+them): fewer, coarser image tokens for the connector (LLaVA-1.5 keeps every patch token). ``image_aspect_ratio``: ``square`` is the processor's own
 resize + centre crop (LLaVA stage 1); ``pad`` first centres the image on a square of the processor's
 mean colour (:func:`expand2square`, LLaVA-1.5 stage 2 and evaluation), so the crop cuts nothing.
 """
@@ -78,6 +80,7 @@ class VisionTower(torch.nn.Module):
         super().__init__()
         self.kind, self.spec, self.image_aspect_ratio = kind, spec, image_aspect_ratio
         self.backbone, self.head = backbone, head
+        self.pool = None if spec.get("pool") is None else int(spec["pool"])
         self.tower_trainable = self.head_trainable = False
         self.background = tuple(int(255 * m) for m in image_mean(backbone))  # as LLaVA: truncated, not rounded
         self.eval()
@@ -111,7 +114,18 @@ class VisionTower(torch.nn.Module):
         """The forward with autograd wherever a part is trainable."""
         x = pixel_values.to(next(self.backbone.parameters()).dtype)
         feats = self.backbone.features(x) if self.tower_trainable else self.backbone(x)
-        return feats if self.head is None else self.head(feats)
+        feats = feats if self.head is None else self.head(feats)
+        return feats if self.pool is None else self._pool_grid(feats)
+
+    def _pool_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, side * side, d] -> [B, pool * pool, d]``: the token grid average-pooled, row-major as the patches."""
+        B, n, d = tokens.shape
+        side = int(round(n ** 0.5))
+        if side * side != n or not 1 <= self.pool <= side:
+            raise TowerError(f"vision tower {self.spec.get('name')!r}: pool {self.pool} needs a square grid of at least "
+                             f"{self.pool} x {self.pool} tokens; this tower gives {n}")
+        grid = tokens.transpose(1, 2).reshape(B, d, side, side)
+        return torch.nn.functional.adaptive_avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.tower_trainable or self.head_trainable:
@@ -157,7 +171,7 @@ class VisionTower(torch.nn.Module):
         out = {"kind": self.kind, "name": self.spec.get("name"), "backbone": self.backbone.spec,
                "n_tokens": self.n_tokens, "hidden_size": self.hidden_size, "image_size": list(self.image_size),
                "image_aspect_ratio": self.image_aspect_ratio, "background": list(self.background),
-               "pooling": self.backbone.spec["pooling"], "layer": self.backbone.spec.get("layer"),
+               "pooling": self.backbone.spec["pooling"], "layer": self.backbone.spec.get("layer"), "pool": self.pool,
                "trainable": {"tower": self.tower_trainable, "head": self.head_trainable}}
         if self.head is not None:
             out["align_dir"] = str(self.spec["align_dir"])
@@ -188,7 +202,7 @@ def load_tower(spec: dict, *, image_aspect_ratio: str = "square", device: str | 
     """Build the vision tower ``spec`` describes (see the module docstring for ``kind``):
 
         {"kind": "clip" | "open_clip", "backbone": {...}, "name": str, "layer": -2}
-        {"kind": "dinov2", "backbone": {...}, "name": str}
+        {"kind": "dinov2", "backbone": {...}, "name": str}   (any kind: "pool": k, see the module docstring)
         {"kind": "sail", "backbone": {...the align run's vision backbone...}, "name": str,
          "align_dir": "results/<align_run>/align"}
 

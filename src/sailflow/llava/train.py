@@ -480,6 +480,12 @@ def deepspeed_config(name: str | None) -> str | None:
     return str(path)
 
 
+def _system_note(s: dict) -> str:
+    """For the stage's log line: a system prompt the run sets instead of the template's."""
+    system = s.get("system_prompt")
+    return "" if system is None else (" (no system prompt)" if not system else f" (system prompt {system!r})")
+
+
 def train_stage(args: dict, log=sys.stderr) -> dict:
     """Train one stage. ``args``: stage, out_dir, tower, image_aspect_ratio, connector, llm, template, data,
     on_bad_record, settings, previous (stage 2: the stage-1 folder), meta. Returns what the manifest records."""
@@ -544,7 +550,7 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
     model.accepts_loss_kwargs = True  # the loss is normalised by num_items_in_batch (one step = one big batch)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    template = get_template(args["template"], tokenizer, seed=int(s["seed"]))
+    template = get_template(args["template"], tokenizer, seed=int(s["seed"]), system=s.get("system_prompt"))
     if template.encoder_decoder != model.is_encoder_decoder:
         kind = "an encoder-decoder (T5)" if model.is_encoder_decoder else "a decoder-only"
         fits = "t5_plain_split_text / t5_plain (stage 1), t5_v1 (stage 2)" if model.is_encoder_decoder else "plain (stage 1), v1 or chat (stage 2)"
@@ -564,7 +570,8 @@ def train_stage(args: dict, log=sys.stderr) -> dict:
         print(f"[llava] {stage}: {len(dataset)} samples ({n_images} with an image, {len(dataset) - n_images} text-only), "
               f"dropped {dict(drops)}; world {world} x per-device {per_device} x accumulation {accum} = global batch "
               f"{s['global_batch_size']}; ~{steps_per_epoch} steps/epoch; trainable parameters {n_train:,}; "
-              f"tower {tower.kind} ({model.n_image_tokens} image tokens), llm {model.language_model.config.model_type} "
+              f"tower {tower.kind} ({model.n_image_tokens} image tokens{f', pooled to {tower.pool} x {tower.pool}' if tower.pool else ''}), "
+              f"template {template.name}{_system_note(s)}, llm {model.language_model.config.model_type} "
               f"({'encoder-decoder' if encoder_decoder else 'decoder'}), deepspeed {s.get('deepspeed') or 'none'}, "
               f"precision {precision_why}, attention {model.language_model.config._attn_implementation}, "
               f"CPU threads {torch.get_num_threads()} per process", file=log, flush=True)
