@@ -225,6 +225,16 @@ def _rerun_scopes(workdir, cfg):
     assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1,
                                                               **after_stage2}
     cfg["llava_runs"]["llava_demo"]["pretrain"].pop("lr")
+    # the tower's token pooling: both stages; the system prompt (a stage-2 setting): stage 2
+    cfg["llava_runs"]["llava_demo"]["tower"]["pool"] = 4
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_pretrain": 1, "llava_finetune": 1, "report_llava_training": 1,
+                                                              **after_stage2}
+    cfg["llava_runs"]["llava_demo"]["tower"]["pool"] = repo_config()["llava_runs"]["llava_demo"]["tower"]["pool"]
+    cfg["llava_runs"]["llava_demo"]["finetune"]["system_prompt"] = "You are a helpful assistant."
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "report_llava_training": 1, **after_stage2}
+    cfg["llava_runs"]["llava_demo"]["finetune"]["system_prompt"] = repo_config()["llava_runs"]["llava_demo"]["finetune"]["system_prompt"]
     cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
     cfg["llava_eval"]["batch_size"] = 5  # generation batch size only (the same answers): nothing
     cfg["llava_runs"]["llava_demo"]["finetune"]["dataloader_workers"] = 2  # loader processes (the same batches): nothing

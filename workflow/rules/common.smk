@@ -471,13 +471,16 @@ def llava_tower(run):
     t = LLAVA_RUNS[run]["tower"]
     if "align_run" in t:
         vision = RUNS[t["align_run"]]["vision"]
-        return _with_pool({
-            "kind": "sail",
-            "name": vision,
-            "backbone": backbone_entry(vision),
-            "align_dir": paths.align_dir(t["align_run"]),
-            "align_run": t["align_run"],
-        }, t)
+        return _with_pool(
+            {
+                "kind": "sail",
+                "name": vision,
+                "backbone": backbone_entry(vision),
+                "align_dir": paths.align_dir(t["align_run"]),
+                "align_run": t["align_run"],
+            },
+            t,
+        )
     b = backbone_entry(t["backbone"])
     spec = {"kind": b["family"], "name": t["backbone"], "backbone": b}
     if b["family"] in ("clip", "open_clip"):
@@ -597,8 +600,9 @@ def llava_exportable(run):
     r, tower, finetune = LLAVA_RUNS[run], llava_tower(run), llava_settings(run, "finetune")
     if finetune["template"].startswith("t5_"):
         return False  # an encoder-decoder (Flan-T5) has no LlavaForConditionalGeneration to export to
-    return r["export"] and exportable(tower["kind"], llava_connector(run)["kind"], bool(finetune.get("lora")), tower.get("layer"),
-                                      tower.get("pool"))
+    return r["export"] and exportable(
+        tower["kind"], llava_connector(run)["kind"], bool(finetune.get("lora")), tower.get("layer"), tower.get("pool")
+    )
 
 
 def llava_targets(run):
