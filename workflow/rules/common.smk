@@ -10,6 +10,7 @@ from sailflow import paths  # one path function per artifact, shared with the li
 from sailflow.backbones.hub import needs_fetch, use_model_cache
 from sailflow.config import ALIGN_RUNTIME_KEYS, PARALLELISM_KEYS, check_config, digest, export_source, without
 from sailflow.evaluate.kinds import check_task, kind_of
+from sailflow.llava.templates import TEMPLATES, takes_system_prompt
 
 # Every error with its key path first (Snakemake's own message prints the whole schema), then
 # Snakemake fills in the defaults.
@@ -441,10 +442,10 @@ def _check_llava(name):
             if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
                 raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
         s, world = llava_settings(name, stage), max(1, r["gpus"])
-        if s.get("system_prompt") is not None and s["template"] not in ("v1", "t5_v1"):
+        if s.get("system_prompt") is not None and not takes_system_prompt(s["template"]):
             raise ValueError(
                 f"llava_runs.{name}.{stage}.system_prompt: template {s['template']!r} has no system prompt to set "
-                "(v1 and t5_v1 have one)"
+                f"(templates with one: {sorted(filter(takes_system_prompt, TEMPLATES))})"
             )
         if s["global_batch_size"] % (s["per_device_batch_size"] * world):
             raise ValueError(

@@ -556,6 +556,11 @@ TEMPLATES = {"plain": PlainTemplate, "v1": VicunaTemplate, "chat": ChatTemplate,
              "t5_plain": T5PlainTemplate, "t5_plain_split_text": T5PlainSplitTextTemplate, "t5_v1": T5VicunaTemplate}
 
 
+def takes_system_prompt(name: str) -> bool:
+    """Whether template ``name`` has a system prompt a run may set (``system_prompt``): ``v1``, ``t5_v1``."""
+    return hasattr(TEMPLATES.get(name), "system")
+
+
 def get_template(name: str, tokenizer, *, seed: int = 0, system: str | None = None) -> Template:
     """The template ``name`` ("plain" | "v1" | "chat" | "t5_plain" | "t5_plain_split_text" | "t5_v1")
     bound to ``tokenizer``. ``seed``: for ``t5_plain_split_text``'s random caption splits (others draw
@@ -563,8 +568,8 @@ def get_template(name: str, tokenizer, *, seed: int = 0, system: str | None = No
     ``""``: none, the text starts at "USER:"); None keeps the template's."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
-    if system is not None and not hasattr(TEMPLATES[name], "system"):
-        with_system = sorted(n for n, t in TEMPLATES.items() if hasattr(t, "system"))
+    if system is not None and not takes_system_prompt(name):
+        with_system = sorted(filter(takes_system_prompt, TEMPLATES))
         raise ValueError(f"template {name!r} has no system prompt to set (system_prompt: {system!r}); "
                          f"templates with one: {with_system}")
     if TEMPLATES[name] is T5PlainSplitTextTemplate:
