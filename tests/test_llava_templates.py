@@ -149,6 +149,8 @@ def test_generation_and_vqascore_prompts_follow_the_stages_system_prompt(words):
 
     none = VisionLanguageModel(None, words, {"template": "v1", "settings": {"system_prompt": ""}})
     assert none.prompt_ids("What color?") == [1, 31, 32, X, 6, 34, 35, 36, 33, 32]
+    # VQAScore teacher-forces its question through the same template's encode
+    assert none.template.encode(IMAGE_1, has_image=True).input_ids == [1, 31, 32, X, 6, 34, 35, 36, 33, 32, 37, 38, 2]
     default = VisionLanguageModel(None, words, {"template": "v1", "settings": {}})
     assert default.prompt_ids("What color?") == [1, *SYS, 31, 32, X, 6, 34, 35, 36, 33, 32]
 

@@ -10,7 +10,7 @@ from sailflow import paths  # one path function per artifact, shared with the li
 from sailflow.backbones.hub import needs_fetch, use_model_cache
 from sailflow.config import ALIGN_RUNTIME_KEYS, PARALLELISM_KEYS, check_config, digest, export_source, without
 from sailflow.evaluate.kinds import check_task, kind_of
-from sailflow.llava.templates import TEMPLATES, takes_system_prompt
+from sailflow.llava.templates import SYSTEM_PROMPT_TEMPLATES
 
 # Every error with its key path first (Snakemake's own message prints the whole schema), then
 # Snakemake fills in the defaults.
@@ -442,10 +442,10 @@ def _check_llava(name):
             if "dataset" in d and (d["dataset"] not in DATASETS or d["caption_source"] not in caption_sources(d["dataset"])):
                 raise ValueError(f"llava_runs.{name}.{stage}.data: {d} names an unknown dataset or caption source")
         s, world = llava_settings(name, stage), max(1, r["gpus"])
-        if s.get("system_prompt") is not None and not takes_system_prompt(s["template"]):
+        if s.get("system_prompt") is not None and s["template"] not in SYSTEM_PROMPT_TEMPLATES:
             raise ValueError(
                 f"llava_runs.{name}.{stage}.system_prompt: template {s['template']!r} has no system prompt to set "
-                f"(templates with one: {sorted(filter(takes_system_prompt, TEMPLATES))})"
+                f"(templates with one: {SYSTEM_PROMPT_TEMPLATES})"
             )
         if s["global_batch_size"] % (s["per_device_batch_size"] * world):
             raise ValueError(

@@ -313,6 +313,11 @@ class PlainTemplate(Template):
         return stops
 
 
+def _system_head(system: str) -> str:
+    """vicuna_v1's opening: the system prompt and its separator; nothing when a run sets an empty one."""
+    return system + " " if system else ""
+
+
 class VicunaTemplate(Template):
     """Stage 2, ``vicuna_v1`` (separator style TWO, ``seps = [" ", "</s>"]``)::
 
@@ -333,18 +338,14 @@ class VicunaTemplate(Template):
         turns = move_image_first(conversation_turns(conversations), has_image)
         eos = [self.tokenizer.eos_token_id]
         segments: list = [(self.bos, False)]
-        head = self._head()
+        head = _system_head(self.system)
         for q, a in zip(turns[0::2], turns[1::2]):
             segments += [(head + "USER: " + q["value"] + " ASSISTANT:", False), (" " + a["value"], True), (eos, True)]
             head = ""
         return segments
 
     def prompt_segments(self, user_text):
-        return [(self.bos, False), (self._head() + "USER: " + user_text + " ASSISTANT:", False)]
-
-    def _head(self) -> str:
-        """The system prompt and its separator; nothing when the run sets an empty one."""
-        return self.system + " " if self.system else ""
+        return [(self.bos, False), (_system_head(self.system) + "USER: " + user_text + " ASSISTANT:", False)]
 
 
 class ChatTemplate(Template):
@@ -534,7 +535,7 @@ class T5VicunaTemplate(T5Template):
     flattens_turns = True
 
     def _encoder_text(self, turns: list[dict]) -> str:
-        text = self.system + " " if self.system else ""
+        text = _system_head(self.system)
         for k, turn in enumerate(turns[:-1]):
             text += ("USER: ", "ASSISTANT: ")[k % 2] + turn["value"] + " "
         return text + "ASSISTANT: "
@@ -556,9 +557,7 @@ TEMPLATES = {"plain": PlainTemplate, "v1": VicunaTemplate, "chat": ChatTemplate,
              "t5_plain": T5PlainTemplate, "t5_plain_split_text": T5PlainSplitTextTemplate, "t5_v1": T5VicunaTemplate}
 
 
-def takes_system_prompt(name: str) -> bool:
-    """Whether template ``name`` has a system prompt a run may set (``system_prompt``): ``v1``, ``t5_v1``."""
-    return hasattr(TEMPLATES.get(name), "system")
+SYSTEM_PROMPT_TEMPLATES = sorted(n for n, t in TEMPLATES.items() if hasattr(t, "system"))  # a run may set theirs: v1, t5_v1
 
 
 def get_template(name: str, tokenizer, *, seed: int = 0, system: str | None = None) -> Template:
@@ -568,10 +567,9 @@ def get_template(name: str, tokenizer, *, seed: int = 0, system: str | None = No
     ``""``: none, the text starts at "USER:"); None keeps the template's."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
-    if system is not None and not takes_system_prompt(name):
-        with_system = sorted(filter(takes_system_prompt, TEMPLATES))
+    if system is not None and name not in SYSTEM_PROMPT_TEMPLATES:
         raise ValueError(f"template {name!r} has no system prompt to set (system_prompt: {system!r}); "
-                         f"templates with one: {with_system}")
+                         f"templates with one: {SYSTEM_PROMPT_TEMPLATES}")
     if TEMPLATES[name] is T5PlainSplitTextTemplate:
         template = T5PlainSplitTextTemplate(tokenizer, seed=seed)
     else:
