@@ -235,6 +235,12 @@ def _rerun_scopes(workdir, cfg):
     write_config(workdir, cfg)
     assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_finetune": 1, "report_llava_training": 1, **after_stage2}
     cfg["llava_runs"]["llava_demo"]["finetune"]["system_prompt"] = repo_config()["llava_runs"]["llava_demo"]["finetune"]["system_prompt"]
+    # the demo instruction set's VQAScore share: the set, the demo LLM (pre-trained on its texts), both stages; no SAIL job
+    cfg["demo"]["llava_vqascore_turns"] = 0.5
+    write_config(workdir, cfg)
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"llava_demo_data": 1, "build_tiny_llm": 1, "llava_pretrain": 1, "llava_finetune": 1,
+                                                              "report_llava_training": 1, **after_stage2}
+    cfg["demo"]["llava_vqascore_turns"] = repo_config()["demo"]["llava_vqascore_turns"]
     cfg["llava"]["checkpoint_every"] = 7  # checkpoint interval only: nothing
     cfg["llava_eval"]["batch_size"] = 5  # generation batch size only (the same answers): nothing
     cfg["llava_runs"]["llava_demo"]["finetune"]["dataloader_workers"] = 2  # loader processes (the same batches): nothing

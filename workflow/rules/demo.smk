@@ -1,6 +1,10 @@
 # The embedded demo dataset: generated locally, then "downloaded" through img2dataset from
 # file:// URLs like any web dataset.
 
+# `demo:` keys that only the LLaVA rules read (the demo LLM's pre-training, its instruction set and
+# benchmark sets): changing one reruns llava_demo, not the shapes or the SAIL evaluation.
+DEMO_LLAVA_KEYS = ("llm_pretrain_steps", "llava_eval_sets", "llava_vqascore_turns")
+
 
 rule demo_shapes:
     output:
@@ -14,7 +18,7 @@ rule demo_shapes:
     conda:
         "../../envs/sailflow.yaml"
     params:
-        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", "llava_eval_sets", "llm_pretrain_steps")},
+        cfg={k: v for k, v in config["demo"].items() if k not in ("eval_sets", *DEMO_LLAVA_KEYS)},
     script:
         "../scripts/demo_shapes.py"
 
@@ -38,6 +42,6 @@ rule demo_eval_sets:
     conda:
         "../../envs/sailflow.yaml"
     params:
-        cfg={k: v for k, v in config["demo"].items() if k not in ("llm_pretrain_steps", "llava_eval_sets")},
+        cfg={k: v for k, v in config["demo"].items() if k not in DEMO_LLAVA_KEYS},
     script:
         "../scripts/demo_eval_sets.py"

@@ -30,6 +30,7 @@ rule llava_demo_data:
         "../../envs/sailflow.yaml"
     params:
         seed=config["demo"]["seed"],
+        vqascore=config["demo"]["llava_vqascore_turns"],
     script:
         "../scripts/llava_demo_data.py"
 

@@ -13,7 +13,8 @@ def main(smk):
     log_to(smk.log[0])
     meta = pd.read_parquet(smk.input.meta)
     root = Path(smk.input.meta).parent
-    n = make_instructions(meta, root, smk.output[0], seed=int(smk.params.seed), ocr=True)
+    n = make_instructions(meta, root, smk.output[0], seed=int(smk.params.seed), ocr=True,
+                          vqascore=float(smk.params.vqascore))
     print(f"wrote {n} instruction records for {len(meta)} images")
 
 

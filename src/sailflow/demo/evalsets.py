@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sailflow.demo.instructions import describe
 from sailflow.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES, draw_shape
 from sailflow.evaluate.datasets import MMVP_IMAGE_FOLDER
 from sailflow.io import atomic_path, write_json, write_jsonl
@@ -87,8 +88,7 @@ def winoground_set(root: Path, n: int, side: int, seed: int) -> None:
         g = rng.randrange(2**31)
         for j, attrs in enumerate((a, b)):
             _save(_draw(attrs, side, g), images / f"ex_{k}_img_{j}.png")
-        lines.append({"id": k, "caption_0": f"a {a['colour']} {a['shape']} on a {a['background']} background",
-                      "caption_1": f"a {b['colour']} {b['shape']} on a {b['background']} background",
+        lines.append({"id": k, "caption_0": describe(a), "caption_1": describe(b),
                       "image_0": f"ex_{k}_img_0", "image_1": f"ex_{k}_img_1", "tag": "colour swap", "collapsed_tag": "Object"})
     write_jsonl(root / "examples.jsonl", lines)
 

@@ -3,7 +3,9 @@
 Every training image gets one record with one to three question/answer turns: first its colour,
 then possibly its shape, size, position or background, in the three answer styles of LLaVA-1.5's mix: a short answer
 ("...\\nAnswer the question using a single word or phrase."), yes/no, and lettered multiple choice
-("...\\nAnswer with the option's letter from the given choices directly."). A few text-only records
+("...\\nAnswer with the option's letter from the given choices directly."). Some records (``vqascore``)
+also ask VQAScore's question about a description of the image: the true one, one with the shape's and the
+background's colours swapped, or one with an attribute changed (yes, no, no). A few text-only records
 (no image, questions about the shapes themselves) make the set mix665k-like. The questions asked at
 evaluation time (held-out images) use the same wordings; their images were never seen in training.
 """
@@ -18,6 +20,7 @@ import pandas as pd
 
 from sailflow.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 from sailflow.io import atomic_path
+from sailflow.llava.vqascore import QUESTION as VQASCORE_QUESTION
 
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
@@ -62,6 +65,25 @@ def _turn(attribute: str, truth: str, rng: random.Random) -> tuple[str, str]:
     return _mc(attribute, truth, rng)
 
 
+def describe(a: dict) -> str:
+    """The demo's one-line description of a shape (the wording of its Winoground captions)."""
+    return f"a {a['colour']} {a['shape']} on a {a['background']} background"
+
+
+def _vqascore_turn(a: dict, rng: random.Random) -> tuple[str, str]:
+    """VQAScore's question about the true description (half), the colour-swapped one (a quarter) or one with
+    the shape's colour, the shape or the background's colour changed (a quarter)."""
+    r = rng.random()
+    if r < 0.5:
+        return VQASCORE_QUESTION.format(describe(a)), "Yes"
+    if r < 0.75:
+        return VQASCORE_QUESTION.format(describe({**a, "colour": a["background"], "background": a["colour"]})), "No"
+    key = rng.choice(["colour", "shape", "background"])
+    values = SHAPES if key == "shape" else list(COLOURS)
+    other = rng.choice([v for v in values if v not in (a["colour"], a["shape"], a["background"])])
+    return VQASCORE_QUESTION.format(describe({**a, key: other})), "No"
+
+
 def _text_only(i: int, rng: random.Random) -> dict:
     shape = rng.choice(list(SIDES))
     colour = rng.choice(list(COLOURS))
@@ -74,10 +96,11 @@ def _text_only(i: int, rng: random.Random) -> dict:
 
 
 def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str | Path, seed: int = 0, text_only: float = 0.05,
-                      ocr: bool = False) -> int:
+                      ocr: bool = False, vqascore: float = 0.0) -> int:
     """Write the instruction set for the images of ``meta`` (train.meta.parquet: row, url, shape,
     colour, background, size, position); ``image`` paths relative to ``image_root``; with ``ocr`` each
-    record with an image carries its OCR region (:func:`sailflow.demo.ocr.add_ocr`). Returns the count."""
+    record with an image carries its OCR region (:func:`sailflow.demo.ocr.add_ocr`); a ``vqascore``
+    fraction of the image records get a VQAScore turn at a random place. Returns the count."""
     rng = random.Random(seed * 7919 + 11)
     root = Path(image_root).resolve()
     records = []
@@ -86,9 +109,11 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
         a = row._asdict()
         # the first turn asks the shape's colour (what the demo's chat check asks); later turns anything else
         attrs = ["colour"] + rng.sample([x for x in ATTRIBUTES if x != "colour"], k=rng.choice([0, 0, 1, 2]))
+        turns = [_turn(attr, a[attr], rng) for attr in attrs]
+        if vqascore and rng.random() < vqascore:
+            turns.insert(rng.randint(0, len(turns)), _vqascore_turn(a, rng))
         conv = []
-        for k, attr in enumerate(attrs):
-            q, ans = _turn(attr, a[attr], rng)
+        for k, (q, ans) in enumerate(turns):
             conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + q}, {"from": "gpt", "value": ans}]
         records.append({"id": f"shape-{row.row:06d}", "image": str(path.relative_to(root)), "conversations": conv})
         if rng.random() < text_only:
