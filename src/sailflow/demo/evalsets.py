@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sailflow.demo.instructions import describe
+from sailflow.demo.instructions import describe, swap_colours
 from sailflow.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES, draw_shape
 from sailflow.evaluate.datasets import MMVP_IMAGE_FOLDER
 from sailflow.io import atomic_path, write_json, write_jsonl
@@ -84,7 +84,7 @@ def winoground_set(root: Path, n: int, side: int, seed: int) -> None:
     lines = []
     for k in range(n):
         a = _attributes(rng)
-        b = {**a, "colour": a["background"], "background": a["colour"]}
+        b = swap_colours(a)
         g = rng.randrange(2**31)
         for j, attrs in enumerate((a, b)):
             _save(_draw(attrs, side, g), images / f"ex_{k}_img_{j}.png")

@@ -70,6 +70,11 @@ def describe(a: dict) -> str:
     return f"a {a['colour']} {a['shape']} on a {a['background']} background"
 
 
+def swap_colours(a: dict) -> dict:
+    """The shape's attributes with its colour and its background's exchanged (the demo Winoground pairs' change)."""
+    return {**a, "colour": a["background"], "background": a["colour"]}
+
+
 def _vqascore_turn(a: dict, rng: random.Random) -> tuple[str, str]:
     """VQAScore's question about the true description (half), the colour-swapped one (a quarter) or one with
     the shape's colour, the shape or the background's colour changed (a quarter)."""
@@ -77,7 +82,7 @@ def _vqascore_turn(a: dict, rng: random.Random) -> tuple[str, str]:
     if r < 0.5:
         return VQASCORE_QUESTION.format(describe(a)), "Yes"
     if r < 0.75:
-        return VQASCORE_QUESTION.format(describe({**a, "colour": a["background"], "background": a["colour"]})), "No"
+        return VQASCORE_QUESTION.format(describe(swap_colours(a))), "No"
     key = rng.choice(["colour", "shape", "background"])
     values = SHAPES if key == "shape" else list(COLOURS)
     other = rng.choice([v for v in values if v not in (a["colour"], a["shape"], a["background"])])
@@ -110,7 +115,7 @@ def make_instructions(meta: pd.DataFrame, image_root: str | Path, out_path: str 
         # the first turn asks the shape's colour (what the demo's chat check asks); later turns anything else
         attrs = ["colour"] + rng.sample([x for x in ATTRIBUTES if x != "colour"], k=rng.choice([0, 0, 1, 2]))
         turns = [_turn(attr, a[attr], rng) for attr in attrs]
-        if vqascore and rng.random() < vqascore:
+        if vqascore and rng.random() < vqascore:  # no draw at 0: the sets made before this option stay the same
             turns.insert(rng.randint(0, len(turns)), _vqascore_turn(a, rng))
         conv = []
         for k, (q, ans) in enumerate(turns):

@@ -14,8 +14,9 @@ The backbones themselves are :func:`sailflow.backbones.load_vision`; a tower onl
 pooling and, for SAIL, adds the head. ``pool: k`` (optional) then average-pools the square grid of tokens
 to ``k x k`` (adaptive average pooling, the cells as ``torch.nn.functional.adaptive_avg_pool2d`` cuts
 them): fewer, coarser image tokens for the connector (LLaVA-1.5 keeps every patch token).
-``image_aspect_ratio``: ``square`` is the processor's own resize + centre crop (LLaVA stage 1); ``pad`` first centres the image on a square of the processor's
-mean colour (:func:`expand2square`, LLaVA-1.5 stage 2 and evaluation), so the crop cuts nothing.
+``image_aspect_ratio``: ``square`` is the processor's own resize + centre crop (LLaVA stage 1); ``pad``
+first centres the image on a square of the processor's mean colour (:func:`expand2square`, LLaVA-1.5
+stage 2 and evaluation), so the crop cuts nothing.
 """
 
 from __future__ import annotations
